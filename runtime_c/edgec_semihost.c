@@ -1,0 +1,79 @@
+/* edgec_semihost.c - ARM semihosting calls, see edgec_semihost.h. */
+#include "edgec_semihost.h"
+
+#include <stdint.h>
+
+#if !defined(__arm__) || !defined(__thumb__)
+#error "edgec_semihost.c: only Thumb (Cortex-M) semihosting via bkpt 0xAB is implemented"
+#endif
+
+#define SYS_OPEN 0x01
+#define SYS_CLOSE 0x02
+#define SYS_WRITE0 0x04
+#define SYS_WRITE 0x05
+#define SYS_READ 0x06
+#define SYS_FLEN 0x0C
+#define SYS_EXIT_EXTENDED 0x20
+#define ADP_STOPPED_APPLICATION_EXIT 0x20026
+
+/* r0 = operation, r1 = argument (block); the debugger/QEMU returns the result in r0.
+ * The memory clobber makes the compiler flush argument blocks and reload read buffers. */
+static int semihost_call(int op, const void *arg)
+{
+    register int r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
+    __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
+    return r0;
+}
+
+int edgec_semihost_open(const char *path, int mode)
+{
+    size_t len = 0;
+    while (path[len] != '\0') {
+        len++;
+    }
+    uintptr_t args[3] = {(uintptr_t)path, (uintptr_t)mode, (uintptr_t)len};
+    return semihost_call(SYS_OPEN, args);
+}
+
+int edgec_semihost_close(int handle)
+{
+    uintptr_t args[1] = {(uintptr_t)handle};
+    return semihost_call(SYS_CLOSE, args) == 0 ? 0 : -1;
+}
+
+size_t edgec_semihost_read(int handle, void *buf, size_t len)
+{
+    uintptr_t args[3] = {(uintptr_t)handle, (uintptr_t)buf, (uintptr_t)len};
+    /* SYS_READ returns the number of bytes NOT read. */
+    size_t not_read = (size_t)semihost_call(SYS_READ, args);
+    return not_read > len ? 0 : len - not_read;
+}
+
+size_t edgec_semihost_write(int handle, const void *buf, size_t len)
+{
+    uintptr_t args[3] = {(uintptr_t)handle, (uintptr_t)buf, (uintptr_t)len};
+    /* SYS_WRITE returns the number of bytes NOT written. */
+    size_t not_written = (size_t)semihost_call(SYS_WRITE, args);
+    return not_written > len ? 0 : len - not_written;
+}
+
+long edgec_semihost_flen(int handle)
+{
+    uintptr_t args[1] = {(uintptr_t)handle};
+    return (long)semihost_call(SYS_FLEN, args);
+}
+
+void edgec_semihost_write0(const char *s)
+{
+    (void)semihost_call(SYS_WRITE0, s);
+}
+
+void edgec_semihost_exit(int code)
+{
+    /* SYS_EXIT_EXTENDED passes the full exit code; plain SYS_EXIT only gives 0/1 on M-profile. */
+    uintptr_t args[2] = {ADP_STOPPED_APPLICATION_EXIT, (uintptr_t)code};
+    for (;;) {
+        (void)semihost_call(SYS_EXIT_EXTENDED, args);
+    }
+}
