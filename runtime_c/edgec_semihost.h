@@ -31,7 +31,8 @@ enum edgec_exit_code {
     EDGEC_EXIT_MEMMANAGE = 92,
     EDGEC_EXIT_BUSFAULT = 93,
     EDGEC_EXIT_USAGEFAULT = 94,
-    EDGEC_EXIT_UNEXPECTED_IRQ = 95
+    EDGEC_EXIT_UNEXPECTED_IRQ = 95,
+    EDGEC_EXIT_STACK_OVERFLOW = 96 /* stack guard hit */
 };
 
 /* SYS_OPEN modes (ISO C fopen() modes, as numbered by the semihosting spec). */

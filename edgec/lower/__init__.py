@@ -1,0 +1,62 @@
+"""The lowering stage: every IR op becomes a call to a TIR-generated plain C kernel.
+
+This package is the only place in edgec that imports TVM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+import tvm_ffi
+
+from edgec.errors import EdgecError
+from edgec.ir.graph import Graph
+from edgec.lower.kernel import Arg, LoweredOp
+from edgec.lower.ops import LOWERINGS
+from edgec.lower.tir_to_c import emit_c
+
+__all__ = ["Arg", "LoweredModel", "LoweredOp", "lower_graph"]
+
+
+@dataclass
+class LoweredModel:
+    graph: Graph
+    ops: list[LoweredOp]
+    kernel_of_op: list[str | None]  # C symbol per op (None for alias-only ops)
+    kernel_params: dict[str, list[str]]  # C symbol -> parameter names
+    kernels_c: str  # C definitions of all kernels
+
+
+def lower_graph(graph: Graph) -> LoweredModel:
+    """Lower every op, share identical kernels, and emit all kernels as one C source."""
+    lowered = []
+    for op in graph.ops:
+        if op.type not in LOWERINGS:
+            raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "
+                             f"{', '.join(sorted(LOWERINGS))})")
+        lowered.append(LOWERINGS[op.type](graph, op))
+
+    funcs: dict[str, tvm.tirx.PrimFunc] = {}
+    readonly: dict[str, list[str]] = {}
+    params: dict[str, list[str]] = {}
+    by_hash: dict[int, list[str]] = {}
+    kernel_of_op: list[str | None] = []
+    for lo in lowered:
+        if lo.func is None:
+            kernel_of_op.append(None)
+            continue
+        h = tvm_ffi.structural_hash(lo.func)
+        name = next((n for n in by_hash.get(h, []) if tvm_ffi.structural_equal(funcs[n], lo.func)), None)
+        if name is None:
+            name = f"edgec_k_{lo.kind or lo.op.type.lower()}_{len(funcs)}"
+            funcs[name] = lo.func
+            names = [p.name for p in lo.func.params]
+            if len(names) != len(lo.args):
+                raise AssertionError(f"{lo.op.describe()}: kernel has {len(names)} params, {len(lo.args)} args")
+            params[name] = names
+            readonly[name] = [p for p, a in zip(names, lo.args) if a.readonly]
+            by_hash.setdefault(h, []).append(name)
+        kernel_of_op.append(name)
+    kernels_c = emit_c(funcs, readonly) if funcs else ""
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c)

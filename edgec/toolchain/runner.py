@@ -22,10 +22,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from edgec.errors import EdgecError
 
 RUNTIME_C = Path(__file__).resolve().parents[2] / "runtime_c"
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_count.c"
@@ -54,6 +57,7 @@ EXIT_CODES = {
     93: "firmware fault: BusFault",
     94: "firmware fault: UsageFault",
     95: "firmware fault: unexpected interrupt",
+    96: "firmware fault: stack overflow (increase the stack size)",
     124: "timed out",
     134: "QEMU aborted (CPU lockup, or semihosting not enabled)",
 }
@@ -62,16 +66,16 @@ Shape = tuple[int, ...]
 OutputSpec = tuple[Shape, Any]  # (shape, numpy dtype)
 
 
-class ToolchainError(RuntimeError):
-    """A build or run step failed; the message carries the command, exit code and tool output."""
+class ToolchainError(EdgecError):
+    """A build or run step failed or a tool is missing; the message has the command, exit code and output."""
 
 
 def _run(cmd: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None = None,
          timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [str(c) for c in cmd]
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, errors="replace",
-                              timeout=timeout)
+        proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True,
+                              errors="replace", timeout=timeout)
     except FileNotFoundError as e:
         raise ToolchainError(f"{what}: {cmd[0]} not found ({INSTALL_HINT})") from e
     except subprocess.TimeoutExpired as e:
@@ -110,8 +114,8 @@ def ensure_tools(target: dict[str, Any] | None = None) -> None:
         missing += [t for t in tools.values() if shutil.which(t) is None]
         if shutil.which(tools["cc"]) is not None:
             # Without newlib, -print-file-name echoes the bare name back.
-            specs = subprocess.run([tools["cc"], "-print-file-name=nano.specs"], capture_output=True,
-                                   text=True).stdout.strip()
+            specs = subprocess.run([tools["cc"], "-print-file-name=nano.specs"], check=False,
+                                   capture_output=True, text=True).stdout.strip()
             if not Path(specs).is_file():
                 missing.append("newlib (nano.specs)")
     if missing:
@@ -268,8 +272,10 @@ def run_qemu(elf: Path, target: dict[str, Any], inputs: Sequence[Sequence[np.nda
         ]
         if count_instructions:
             marks = _symbol_addresses(elf, ["edgec_bench_begin", "edgec_bench_end"], tools["nm"])
-            cmd += ["-plugin", f"file={insn_count_plugin()},begin={marks['edgec_bench_begin']:#x},"
-                    f"end={marks['edgec_bench_end']:#x},out={count_file}"]
+            # QEMU option values escape ',' as ',,'.
+            plugin, out = (str(p).replace(",", ",,") for p in (insn_count_plugin(), count_file))
+            begin, end = marks["edgec_bench_begin"], marks["edgec_bench_end"]
+            cmd += ["-plugin", f"file={plugin},begin={begin:#x},end={end:#x},out={out}"]
         _run(cmd, f"QEMU run of {elf.name}", cwd=tmp_dir)
         outputs = _unpack_outputs((tmp_dir / "edgec_out.bin").read_bytes(), len(inputs), output_specs)
         count = None

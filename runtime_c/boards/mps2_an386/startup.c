@@ -1,9 +1,14 @@
 /*
  * startup.c - reset and fault handling for QEMU mps2-an386 (Cortex-M4F).
  *
- * Reset: enable the FPU, copy .data from flash, zero .bss, run main(), exit via semihosting.
+ * Reset: enable the FPU, arm the stack guard, copy .data from flash, zero .bss, run main(),
+ * exit via semihosting.
  * Faults: exit QEMU with a distinct code (enum edgec_exit_code) and a one-line message
  * instead of hanging until the timeout.
+ *
+ * Stack guard: the stack sits at the bottom of RAM, but QEMU maps the space below RAM as
+ * read-as-zero/write-ignored, so an overflow alone would not fault. An MPU region with no
+ * access over the lowest 32 bytes of the stack makes the first overflowing push fault.
  */
 #include <stdint.h>
 
@@ -14,13 +19,34 @@ void edgec_reset_handler(void);
 void edgec_fault_exit(int code);
 
 /* Linker-script symbols (link.ld); only their addresses are meaningful. */
-extern uint32_t __edgec_stack_top[];
+extern uint32_t __edgec_stack_bottom[], __edgec_stack_top[];
 extern uint32_t __edgec_data_start[], __edgec_data_end[], __edgec_data_load[];
 extern uint32_t __edgec_bss_start[], __edgec_bss_end[];
 
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
 #define SCB_CFSR (*(volatile uint32_t *)0xE000ED28u)
 #define SCB_HFSR (*(volatile uint32_t *)0xE000ED2Cu)
+#define SCB_MMFAR (*(volatile uint32_t *)0xE000ED34u)
+#define MPU_TYPE (*(volatile uint32_t *)0xE000ED90u)
+#define MPU_CTRL (*(volatile uint32_t *)0xE000ED94u)
+#define MPU_RNR (*(volatile uint32_t *)0xE000ED98u)
+#define MPU_RBAR (*(volatile uint32_t *)0xE000ED9Cu)
+#define MPU_RASR (*(volatile uint32_t *)0xE000EDA0u)
+#define STACK_GUARD_BYTES 32u /* smallest PMSAv7 region */
+
+static void stack_guard_enable(void)
+{
+    if (((MPU_TYPE >> 8) & 0xFFu) == 0) {
+        return; /* no MPU */
+    }
+    MPU_RNR = 0;
+    MPU_RBAR = (uint32_t)(uintptr_t)__edgec_stack_bottom; /* RAM origin: aligned to the size */
+    /* XN, AP = no access, SIZE = log2(32) - 1, enable. */
+    MPU_RASR = (1u << 28) | (0u << 24) | (4u << 1) | 1u;
+    /* PRIVDEFENA: the default memory map still applies everywhere else. */
+    MPU_CTRL = (1u << 2) | 1u;
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+}
 
 void edgec_reset_handler(void)
 {
@@ -29,6 +55,7 @@ void edgec_reset_handler(void)
     SCB_CPACR |= 0xFu << 20;
     __asm__ volatile("dsb\n\tisb" ::: "memory");
 #endif
+    stack_guard_enable();
     /* Word copies: the linker script aligns .data and .bss to 4. */
     const uint32_t *src = __edgec_data_load;
     for (uint32_t *dst = __edgec_data_start; dst < __edgec_data_end; dst++) {
@@ -57,7 +84,14 @@ static void put_hex(const char *label, uint32_t value)
 void edgec_fault_exit(int code)
 {
     static const char *const names[] = {"NMI", "HardFault", "MemManage", "BusFault", "UsageFault",
-                                        "unexpected interrupt"};
+                                        "unexpected interrupt", "stack overflow"};
+    uint32_t cfsr = SCB_CFSR;
+    uint32_t guard = (uint32_t)(uintptr_t)__edgec_stack_bottom;
+    /* MemManage stacking error, or a data access violation inside the guard region. */
+    if ((cfsr & 0x10u) != 0 ||
+        ((cfsr & 0x82u) == 0x82u && SCB_MMFAR - guard < STACK_GUARD_BYTES)) {
+        code = EDGEC_EXIT_STACK_OVERFLOW;
+    }
     edgec_semihost_write0("edgec firmware fault: ");
     edgec_semihost_write0(names[code - EDGEC_EXIT_NMI]);
     put_hex(" CFSR=", SCB_CFSR);

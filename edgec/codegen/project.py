@@ -1,0 +1,175 @@
+"""Render the C project (Jinja2 templates in the top-level templates/ folder) into an output folder.
+
+The folder is written to a temporary sibling and renamed into place, so a failed build never leaves
+a half-written output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import tvm
+
+from edgec import __version__
+from edgec.ir.graph import C_TYPES, Graph
+from edgec.lower import LoweredModel
+from edgec.plan.arena import Plan
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO_ROOT / "templates"
+
+
+@dataclass
+class ConstArray:
+    name: str
+    ctype: str
+    count: int
+    body: str
+    comment: str
+    nbytes: int
+
+
+def _c_literals(array: np.ndarray) -> str:
+    flat = array.reshape(-1)
+    if flat.dtype == np.float32:
+        items = [f"{float(v)!r}f" if np.isfinite(v) else "0.0f" for v in flat]
+    elif flat.dtype == np.int32:
+        # INT32_MIN has no literal form in C.
+        items = [str(int(v)) if v != -(2**31) else "(-2147483647 - 1)" for v in flat]
+    else:
+        items = [str(int(v)) for v in flat]
+    lines = [", ".join(items[i:i + 24]) for i in range(0, len(items), 24)]
+    return "    " + ",\n    ".join(lines)
+
+
+_NP_TO_IR = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.int16): "int16",
+             np.dtype(np.int32): "int32", np.dtype(np.int64): "int64", np.dtype(np.float32): "float32"}
+
+
+def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: bytes, model_name: str,
+                   target: dict, report: dict) -> None:
+    """Write the C project for `model` into `out_dir` atomically."""
+    graph = model.graph
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES / "project")),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    common = {"version": __version__, "model_name": model_name,
+              "model_hash": hashlib.sha256(model_bytes).hexdigest(), "tvm_version": tvm.__version__}
+
+    arrays, calls = _arrays_and_calls(model, plan)
+    prototypes = [_prototype(model.kernels_c, name) for name in model.kernel_params]
+    weights_bytes = sum(a.nbytes for a in arrays)
+    report["weights_bytes"] = weights_bytes
+
+    def sizes(tids):
+        return [graph.t(t).nbytes for t in tids]
+
+    files = {
+        "include/edgec_model.h": env.get_template("edgec_model.h.j2").render(
+            common, arena_bytes=plan.arena_bytes, weights_bytes=weights_bytes,
+            inputs=[graph.t(t) for t in graph.inputs], outputs=[graph.t(t) for t in graph.outputs]),
+        "src/model.c": env.get_template("model.c.j2").render(
+            common, calls=calls,
+            input_offsets=[plan.tensor_offset[t] for t in graph.inputs], input_sizes=sizes(graph.inputs),
+            output_offsets=[plan.tensor_offset[t] for t in graph.outputs], output_sizes=sizes(graph.outputs)),
+        "src/weights.c": env.get_template("weights.c.j2").render(common, arrays=arrays),
+        "src/edgec_weights.h": env.get_template("edgec_weights.h.j2").render(common, arrays=arrays),
+        "src/kernels.c": env.get_template("kernels.c.j2").render(common, kernels_c=model.kernels_c),
+        "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
+        "edgec-report.json": json.dumps(report, indent=2) + "\n",
+    }
+    for name in ("CMakeLists.txt.j2", "platformio.ini.j2", "library.json.j2"):
+        if (TEMPLATES / "project" / name).exists():
+            files[name[:-3]] = env.get_template(name).render(common, target=target, report=report)
+    write_atomically(out_dir, files, extra_dirs=_runtime_dirs(target))
+
+
+def _runtime_dirs(target: dict) -> dict[str, Path]:
+    """Runtime sources copied into the project: the harness and the board support for the target."""
+    runtime = REPO_ROOT / "runtime_c"
+    dirs = {}
+    if (runtime / "harness").is_dir():
+        dirs["runtime/harness"] = runtime / "harness"
+    board = target.get("board")
+    if board and (runtime / "boards" / board).is_dir():
+        dirs[f"runtime/boards/{board}"] = runtime / "boards" / board
+    return dirs
+
+
+def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict]]:
+    graph = model.graph
+    arrays: list[ConstArray] = []
+    by_content: dict[tuple, str] = {}
+
+    def const_symbol(array: np.ndarray, comment: str) -> str:
+        array = np.ascontiguousarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in by_content:
+            name = f"edgec_const_{len(arrays)}"
+            ctype = C_TYPES[_NP_TO_IR[array.dtype]]
+            arrays.append(ConstArray(name, ctype, max(array.size, 1), _c_literals(array if array.size else
+                                                                                   np.zeros(1, array.dtype)),
+                                     comment, array.nbytes))
+            by_content[key] = name
+        return by_content[key]
+
+    calls = []
+    for step, (lo, kernel) in enumerate(zip(model.ops, model.kernel_of_op)):
+        args = []
+        scratch_cursor = plan.scratch_offset.get(step, 0)
+        for a in lo.args:
+            if a.kind == "tensor":
+                t = graph.t(a.tensor)
+                ctype = C_TYPES[t.dtype]
+                if t.is_const:
+                    args.append(const_symbol(t.data, f"tensor {a.tensor} '{t.name}' {t.dtype} {list(t.shape)}"))
+                else:
+                    args.append(f"({ctype} *)(edgec_arena + {plan.tensor_offset[a.tensor]}u)")
+            elif a.kind == "const":
+                args.append(const_symbol(a.array, f"{lo.op.describe()}: compile-time constant"))
+            else:
+                args.append(f"(void *)(edgec_arena + {scratch_cursor}u)")
+                scratch_cursor += a.scratch_bytes
+        calls.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name.replace("*/", "* /"),
+                      "kernel": kernel, "args": args})
+    return arrays, calls
+
+
+def _prototype(kernels_c: str, name: str) -> str:
+    m = re.search(rf"^void {re.escape(name)}\([^)]*\)", kernels_c, re.M)
+    if m is None:
+        raise AssertionError(f"kernel {name} not found in the emitted C")
+    return m.group(0)
+
+
+def write_atomically(out_dir: Path, files: dict[str, str], extra_dirs: dict[str, Path] | None = None) -> None:
+    """Write `files` (relative path -> text) and copy `extra_dirs` into a temp dir, then rename it to out_dir."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for rel, text in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for rel, src in (extra_dirs or {}).items():
+            shutil.copytree(src, tmp / rel)
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

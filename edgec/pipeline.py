@@ -1,0 +1,79 @@
+"""The whole build: model file -> IR -> lowered kernels -> arena plan -> C project."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from edgec.codegen.project import render_project
+from edgec.errors import EdgecError
+from edgec.frontends.tflite_reader import read_tflite
+from edgec.ir.graph import Graph, Tensor
+from edgec.lower import lower_graph
+from edgec.plan import plan_memory
+from edgec.targets import load_target
+
+
+def tensor_spec(t: Tensor) -> dict:
+    spec = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+    if t.quant is not None:
+        spec.update(scale=t.scale, zero_point=t.zero_point)
+    return spec
+
+
+def load_model(path: str | Path) -> tuple[Graph, bytes]:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecError(f"{path}: model file not found")
+    if path.suffix.lower() != ".tflite":
+        raise EdgecError(f"{path}: unsupported model format '{path.suffix}' (supported: .tflite)")
+    return read_tflite(path), path.read_bytes()
+
+
+def build(model_path: str | Path, target_name: str, out_dir: str | Path) -> dict:
+    """Compile `model_path` for `target_name` into `out_dir`; returns the build report."""
+    start = time.perf_counter()
+    target = load_target(target_name)
+    graph, model_bytes = load_model(model_path)
+    lowered = lower_graph(graph)
+    plan = plan_memory(graph, lowered.ops)
+    report = {
+        "edgec_report_version": 1,
+        "model": Path(model_path).name,
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "target": target["name"],
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "weights_bytes": 0,
+        "inputs": [tensor_spec(graph.t(t)) for t in graph.inputs],
+        "outputs": [tensor_spec(graph.t(t)) for t in graph.outputs],
+        "ops": _op_table(graph, lowered, plan),
+    }
+    if plan.arena_bytes > target["ram_bytes"]:
+        raise EdgecError(f"{model_path}: the arena needs {plan.arena_bytes} bytes but target {target['name']} has "
+                         f"{target['ram_bytes']} bytes of RAM")
+    weights = sum(graph.t(t).nbytes for t in {a.tensor for lo in lowered.ops for a in lo.args
+                                                if a.kind == "tensor" and graph.t(a.tensor).is_const})
+    if weights > target["flash_bytes"]:
+        raise EdgecError(f"{model_path}: the weights need {weights} bytes but target {target['name']} has "
+                         f"{target['flash_bytes']} bytes of flash")
+    report["build_seconds"] = 0.0
+    render_project(lowered, plan, Path(out_dir), model_bytes, Path(model_path).name, target, report)
+    report["build_seconds"] = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _op_table(graph: Graph, lowered, plan) -> list[dict]:
+    rows = []
+    for step, (lo, kernel) in enumerate(zip(lowered.ops, lowered.kernel_of_op)):
+        def where(tid: int) -> dict:
+            t = graph.t(tid)
+            return {"tensor": tid, "name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes,
+                    "offset": plan.tensor_offset.get(tid)}
+        rows.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name, "kernel": kernel,
+                     "inputs": [where(t) for t in lo.op.inputs if t >= 0 and not graph.t(t).is_const],
+                     "outputs": [where(t) for t in lo.op.outputs],
+                     "scratch_bytes": sum(a.scratch_bytes for a in lo.args),
+                     "scratch_offset": plan.scratch_offset.get(step)})
+    return rows

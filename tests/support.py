@@ -1,0 +1,68 @@
+"""Shared test helpers: run models through the whole edgec pipeline and through TFLite Micro."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgec.frontends.tflite_reader import parse_tflite
+from edgec.oracle.tflm import run_tflm_batch
+from edgec.pipeline import build
+from edgec.toolchain.runner import build_host, run_host
+
+SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+
+def shared_model(rel: str) -> Path:
+    """Path of a model in ../shared/models; skips the test with the reason when it is absent."""
+    path = SHARED_MODELS / rel
+    if not path.is_file():
+        pytest.skip(f"{path} not found: tests on real models need ../shared/models beside the checkout")
+    return path
+
+
+def random_inputs(model: bytes, n: int, seed: int = 0) -> list[list[np.ndarray]]:
+    """`n` input sets covering each input dtype's full range (float inputs: within +-4 x scale-ish)."""
+    graph = parse_tflite(model)
+    rng = np.random.default_rng(seed)
+    sets = []
+    for _ in range(n):
+        record = []
+        for tid in graph.inputs:
+            t = graph.t(tid)
+            if t.dtype == "float32":
+                record.append(rng.normal(0.0, 2.0, t.shape).astype(np.float32))
+            else:
+                info = np.iinfo(t.dtype)
+                record.append(rng.integers(info.min, info.max, t.shape, endpoint=True).astype(t.dtype))
+        sets.append(record)
+    return sets
+
+
+def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Build `model` with edgec for the host, compile it with gcc and run every input set."""
+    with tempfile.TemporaryDirectory(prefix="edgec_test_") as tmp:
+        model_path = Path(tmp) / "model.tflite"
+        model_path.write_bytes(model)
+        report = build(model_path, "host", Path(tmp) / "out")
+        exe = build_host(Path(tmp) / "out", Path(tmp) / "work")
+        specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
+        return run_host(exe, input_sets, specs)
+
+
+def assert_matches_tflm(model: bytes, n_inputs: int = 10, seed: int = 0,
+                        input_sets: list[list[np.ndarray]] | None = None) -> None:
+    """Bit-exact comparison of edgec (host build) with the TFLite Micro interpreter."""
+    sets = input_sets if input_sets is not None else random_inputs(model, n_inputs, seed)
+    got = compile_run_host(model, sets)
+    want = run_tflm_batch(model, sets)
+    for r, (g_rec, w_rec) in enumerate(zip(got, want)):
+        for o, (g, w) in enumerate(zip(g_rec, w_rec)):
+            w = np.asarray(w).reshape(g.shape)
+            if not np.array_equal(g, w):
+                idx = np.argwhere(g != w)[0]
+                raise AssertionError(f"input set {r}, output {o}: {int((g != w).sum())} of {g.size} elements differ; "
+                                     f"first at {tuple(idx)}: edgec {g[tuple(idx)]} vs TFLM {w[tuple(idx)]}")
