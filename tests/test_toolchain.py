@@ -190,7 +190,8 @@ def test_host_add1(projects: dict[str, Path], tmp_path: Path) -> None:
 
 @needs_host_cc
 def test_host_multi_io(projects: dict[str, Path], tmp_path: Path) -> None:
-    exe = runner.build_host(projects["multi"], tmp_path)
+    # Sanitizers: the harness must be free of memory errors and UB, not just give the right bytes.
+    exe = runner.build_host(projects["multi"], tmp_path, ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
     records = multi_records(4)
     outs = runner.run_host(exe, records, MULTI_SPECS)
     for rec, out in zip(records, outs):

@@ -133,14 +133,17 @@ def _project_sources(project_dir: Path) -> tuple[list[Path], list[str]]:
     return sources, includes
 
 
-def build_host(project_dir: Path, work_dir: Path) -> Path:
-    """Compile the project with the harness for the host; returns the executable (``harness IN OUT``)."""
+def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = ()) -> Path:
+    """Compile the project with the harness for the host; returns the executable (``harness IN OUT``).
+
+    ``extra_cflags`` is appended (e.g. ``["-fsanitize=address,undefined", "-g"]``).
+    """
     ensure_tools()
     sources, includes = _project_sources(project_dir)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     exe = work_dir / "edgec_host"
-    _run([HOST_CC, *COMMON_CFLAGS, *includes, RUNTIME_C / "harness" / "edgec_harness.c", *sources,
+    _run([HOST_CC, *COMMON_CFLAGS, *extra_cflags, *includes, RUNTIME_C / "harness" / "edgec_harness.c", *sources,
           "-o", exe, "-lm"], "host build")
     return exe
 
@@ -155,13 +158,18 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path) ->
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     elf = work_dir / "firmware.elf"
+    # Target TOMLs may repeat the default link flags; a second --specs is a gcc error.
+    ldflags = list(target.get("ldflags", []))
+    defaults = ["-nostartfiles", "-Wl,--gc-sections"]
+    if not any(f.startswith("--specs=") for f in ldflags):
+        defaults.append("--specs=nano.specs")
+    ldflags = [f for f in defaults if f not in ldflags] + ldflags
     cmd = [
         _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
         "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
         RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
-        "-nostartfiles", "--specs=nano.specs", f"-T{board / 'link.ld'}", "-Wl,--gc-sections",
-        f"-Wl,-Map={work_dir / 'firmware.map'}", *target.get("ldflags", []), "-lm", "-o", elf,
+        f"-T{board / 'link.ld'}", f"-Wl,-Map={work_dir / 'firmware.map'}", *ldflags, "-lm", "-o", elf,
     ]
     _run(cmd, "firmware build")
     return elf
@@ -257,6 +265,8 @@ def run_qemu(elf: Path, target: dict[str, Any], inputs: Sequence[Sequence[np.nda
 
     The count is exact and repeatable (QEMU TCG plugin); it counts instructions, not cycles.
     """
+    if count_instructions and not inputs:
+        raise ToolchainError("cannot count instructions without at least one input record")
     ensure_tools(target)
     tools = _target_tools(target)
     elf = Path(elf).resolve()
@@ -280,8 +290,6 @@ def run_qemu(elf: Path, target: dict[str, Any], inputs: Sequence[Sequence[np.nda
         outputs = _unpack_outputs((tmp_dir / "edgec_out.bin").read_bytes(), len(inputs), output_specs)
         count = None
         if count_instructions:
-            if not inputs:
-                raise ToolchainError("cannot count instructions without at least one input record")
             if not count_file.is_file():
                 raise ToolchainError("instruction-count plugin wrote no count (bench markers not reached)")
             count = int(count_file.read_text().strip())

@@ -1,3 +1,397 @@
-"""(being written)"""
+"""AVERAGE_POOL_2D, MAX_POOL_2D, ADD, SUB, MUL and MEAN (int8).
 
-LOWERINGS: dict = {}
+Reference semantics (TFLite Micro, double rounding):
+
+- AVERAGE_POOL_2D: reference_integer_ops::AveragePool. Sums the raw int8 values of the in-image taps
+  only (no zero-point correction), divides by the number of in-image taps rounding half away from
+  zero with C truncating division ((sum +/- count/2) / count), clamps to the fused activation range.
+- MAX_POOL_2D: reference_integer_ops::MaxPool: maximum of the in-image taps, clamped.
+  PoolingPrepare requires |in_scale - out_scale| <= 1e-6 and equal zero points (no requantization).
+- ADD / SUB: reference_integer_ops::AddFunc / reference_ops::BroadcastQuantSubSlow (the same
+  arithmetic for the elementwise and broadcast paths): each input (x - zp) << 20 is scaled by
+  MultiplyByQuantizedMultiplierSmallerThanOneExp, the sum (difference) is rescaled by the output
+  multiplier, + out_zp, clamped. The multipliers come from CalculateOpDataAdd (doubles) and
+  CalculateOpDataSub (float32 arithmetic, then widened to double): see `_add_sub_multipliers`.
+- MUL: reference_integer_ops::MulElementwise / BroadcastMul6DSlow:
+  MultiplyByQuantizedMultiplier((x1 - z1) * (x2 - z2), M, S) + out_zp, clamped, with M, S from
+  QuantizeMultiplier(double(s1) * double(s2) / double(s_out)).
+- MEAN: reduce_common.cc EvalIntegerMean. Equal input/output scale and zero point:
+  reference_ops::Mean<int8_t, int32_t>, i.e. (int8)(sum / count) with C truncating division and no
+  zero point. Otherwise reference_ops::QuantizedMeanOrSum: (sum - in_zp * count) times the
+  multiplier QuantizeMultiplier(s_in / s_out) readapted by 1/count at run time (reproduced here at
+  compile time), + out_zp, clamped to int8.
+
+Broadcasting follows BroadcastBinaryOpSimple: shapes are right-aligned, a dimension of 1 repeats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+from edgec.errors import EdgecError
+from edgec.ir.graph import Graph, Op, Tensor
+from edgec.lower.fixedpoint import clamp, i32, i64, let, multiply_by_quantized_multiplier
+from edgec.lower.kernel import Arg, LoweredOp
+from edgec.lower.qparams import (
+    activation_range,
+    quantize_multiplier,
+    quantize_multiplier_smaller_than_one_exp,
+    same_padding,
+)
+
+# Broadcast kernels iterate over at most this many collapsed dimensions.
+_BCAST_RANK = 6
+# TFLM's reduce kernels keep input indices in int[5] (kMaxNumberOfAxis).
+_MEAN_MAX_RANK = 5
+
+
+def _fail(graph: Graph, op: Op, found: str, supported: str) -> EdgecError:
+    return EdgecError(f"{graph.source}: {op.describe()}: {found}; supported: {supported}")
+
+
+def _check_int8(graph: Graph, op: Op, tids: list[int]) -> None:
+    for tid in tids:
+        t = graph.t(tid)
+        if t.dtype != "int8" or t.quant is None:
+            raise _fail(graph, op, f"tensor '{t.name}' is {t.dtype}{'' if t.quant else ' without quantization'}",
+                        "int8 quantized tensors")
+        if t.quant.per_axis:
+            raise _fail(graph, op, f"tensor '{t.name}' has per-axis quantization", "per-tensor quantization")
+
+
+def _c(value: int) -> tirx.PrimExpr:
+    return tirx.const(int(value), "int32")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pooling
+
+
+def avg_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
+    def rounded_mean(acc, voh, vow):
+        # In-image tap count of this window, as TFLM's filter_{x,y}_{start,end} give it.
+        count = (T.min(FH, H + PT - voh * SH) - T.max(0, PT - voh * SH)) * (
+            T.min(FW, W + PL - vow * SW) - T.max(0, PL - vow * SW))
+
+        def body(n, a):
+            half = tirx.truncdiv(n, _c(2))
+            return tirx.Select(a > 0, tirx.truncdiv(a + half, n), tirx.truncdiv(a - half, n))
+
+        return let(count, lambda n: let(acc, lambda a: body(n, a), "sum"), "count")
+
+    @T.prim_func(s_tir=True)
+    def avg_pool(x_p: T.handle("int8"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((N, H, W, C), "int8", data=x_p)
+        y = T.decl_buffer((N, OH, OW, C), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((N, OH, OW, C), "int32")
+        for n, oh, ow, c in T.grid(N, OH, OW, C):
+            for kh, kw in T.grid(FH, FW):
+                with T.sblock("acc"):
+                    vn, voh, vow, vc, vkh, vkw = T.axis.remap("SSSSRR", [n, oh, ow, c, kh, kw])
+                    with T.init():
+                        acc[vn, voh, vow, vc] = 0
+                    acc[vn, voh, vow, vc] = acc[vn, voh, vow, vc] + T.if_then_else(
+                        0 <= voh * SH - PT + vkh and voh * SH - PT + vkh < H
+                        and 0 <= vow * SW - PL + vkw and vow * SW - PL + vkw < W,
+                        T.Cast("int32", x[vn, voh * SH - PT + vkh, vow * SW - PL + vkw, vc]), 0)
+            with T.sblock("out"):
+                vn, voh, vow, vc = T.axis.remap("SSSS", [n, oh, ow, c])
+                y[vn, voh, vow, vc] = T.Cast("int8", clamp(rounded_mean(acc[vn, voh, vow, vc], voh, vow), LO, HI))
+    return avg_pool
+
+
+def max_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
+    @T.prim_func(s_tir=True)
+    def max_pool(x_p: T.handle("int8"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((N, H, W, C), "int8", data=x_p)
+        y = T.decl_buffer((N, OH, OW, C), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((N, OH, OW, C), "int8")
+        for n, oh, ow, c in T.grid(N, OH, OW, C):
+            for kh, kw in T.grid(FH, FW):
+                with T.sblock("acc"):
+                    vn, voh, vow, vc, vkh, vkw = T.axis.remap("SSSSRR", [n, oh, ow, c, kh, kw])
+                    with T.init():
+                        acc[vn, voh, vow, vc] = T.int8(-128)
+                    acc[vn, voh, vow, vc] = T.max(acc[vn, voh, vow, vc], T.if_then_else(
+                        0 <= voh * SH - PT + vkh and voh * SH - PT + vkh < H
+                        and 0 <= vow * SW - PL + vkw and vow * SW - PL + vkw < W,
+                        x[vn, voh * SH - PT + vkh, vow * SW - PL + vkw, vc], T.int8(-128)))
+            with T.sblock("out"):
+                vn, voh, vow, vc = T.axis.remap("SSSS", [n, oh, ow, c])
+                y[vn, voh, vow, vc] = clamp(acc[vn, voh, vow, vc], LO, HI)
+    return max_pool
+
+
+def _lower_pool(graph: Graph, op: Op, kind: str) -> LoweredOp:
+    _check_int8(graph, op, [op.inputs[0], op.outputs[0]])
+    x, y = graph.t(op.inputs[0]), graph.t(op.outputs[0])
+    if len(x.shape) != 4 or len(y.shape) != 4:
+        raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "4-D NHWC tensors")
+    # PoolingPrepare: the kernels do not requantize.
+    if abs(float(x.scale) - float(y.scale)) > 1.0e-6 or x.zero_point != y.zero_point:
+        raise _fail(graph, op, f"input quantization (scale {x.scale:g}, zero point {x.zero_point}) differs from "
+                    f"output quantization (scale {y.scale:g}, zero point {y.zero_point})",
+                    "equal input and output quantization, as TFLM requires")
+    a = op.attrs
+    fh, fw, sh, sw = a["filter_h"], a["filter_w"], a["stride_h"], a["stride_w"]
+    if min(fh, fw, sh, sw) < 1:
+        raise _fail(graph, op, f"filter {fh}x{fw}, stride {sh}x{sw}", "filter and stride sizes >= 1")
+    n, h, w, c = x.shape
+    oh, pt = same_padding(h, fh, sh, 1, a["padding"])
+    ow, pl = same_padding(w, fw, sw, 1, a["padding"])
+    if (n, oh, ow, c) != tuple(y.shape):
+        raise _fail(graph, op, f"output shape {list(y.shape)} but the {a['padding']} window gives "
+                    f"{[n, oh, ow, c]}", "output shapes consistent with the input, filter, stride and padding")
+    lo, hi = activation_range(a["activation"], y)
+    make = avg_pool_func if kind == "avgpool" else max_pool_func
+    func = make(n, h, w, c, oh, ow, fh, fw, sh, sw, pt, pl, lo, hi)
+    return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind=kind)
+
+
+def lower_avg_pool(graph: Graph, op: Op) -> LoweredOp:
+    return _lower_pool(graph, op, "avgpool")
+
+
+def lower_max_pool(graph: Graph, op: Op) -> LoweredOp:
+    return _lower_pool(graph, op, "maxpool")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Elementwise binary ops with broadcasting
+
+
+def _broadcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor, y: Tensor):
+    """Collapse the output iteration space into <= _BCAST_RANK dimensions.
+
+    Returns (dims, a_full, b_full): the collapsed extents and, per dimension, whether each input
+    varies along it (False: the input is repeated). Adjacent output dimensions with the same
+    repetition pattern are merged, as BroadcastBinaryOpSimple fuses loops.
+    """
+    rank = len(y.shape)
+    if len(a.shape) > rank or len(b.shape) > rank:
+        raise _fail(graph, op, f"input shapes {list(a.shape)}, {list(b.shape)} have more dimensions than the "
+                    f"output {list(y.shape)}", "inputs broadcastable to the output shape")
+    ea = (1,) * (rank - len(a.shape)) + tuple(a.shape)
+    eb = (1,) * (rank - len(b.shape)) + tuple(b.shape)
+    groups: list[list] = []
+    for d, (da, db, dy) in enumerate(zip(ea, eb, y.shape)):
+        if da not in (1, dy) or db not in (1, dy) or max(da, db) != dy:
+            raise _fail(graph, op, f"input shapes {list(a.shape)} and {list(b.shape)} do not broadcast to the "
+                        f"output shape {list(y.shape)} (dimension {d})",
+                        "numpy-style broadcasting where the output shape is the broadcast of the inputs")
+        if dy == 1:
+            continue
+        fa, fb = da == dy, db == dy
+        if groups and groups[-1][1] == fa and groups[-1][2] == fb:
+            groups[-1][0] *= dy
+        else:
+            groups.append([dy, fa, fb])
+    if len(groups) > _BCAST_RANK:
+        raise _fail(graph, op, f"the broadcast of {list(a.shape)} and {list(b.shape)} needs {len(groups)} loop "
+                    "levels", f"at most {_BCAST_RANK} alternating broadcast levels")
+    groups = [[1, True, True]] * (_BCAST_RANK - len(groups)) + groups
+    return [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
+
+
+def binary_func(dims, a_full, b_full, elem, name: str):
+    """A broadcast elementwise kernel y = elem(a, b) over the collapsed `dims` (6 levels)."""
+    D0, D1, D2, D3, D4, D5 = dims
+    SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
+    SB = tuple(d if f else 1 for d, f in zip(dims, b_full))
+    # Multiplying an index by 0 selects the repeated element; the simplifier removes the product.
+    A0, A1, A2, A3, A4, A5 = (int(f) for f in a_full)
+    B0, B1, B2, B3, B4, B5 = (int(f) for f in b_full)
+
+    @T.prim_func(s_tir=True)
+    def binary(a_p: T.handle("int8"), b_p: T.handle("int8"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        a = T.decl_buffer(SA, "int8", data=a_p)
+        b = T.decl_buffer(SB, "int8", data=b_p)
+        y = T.decl_buffer((D0, D1, D2, D3, D4, D5), "int8", data=y_p)
+        for i0, i1, i2, i3, i4, i5 in T.grid(D0, D1, D2, D3, D4, D5):
+            with T.sblock("out"):
+                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
+                y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", elem(
+                    a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5],
+                    b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
+    return binary.with_attr("global_symbol", name)
+
+
+def _add_sub_multipliers(s1: float, s2: float, so: float, is_sub: bool) -> list[tuple[int, int]]:
+    """(multiplier, shift) for input 1, input 2 and the output, with left_shift = 20.
+
+    CalculateOpDataAdd works in double: 2 * double(max(s1, s2)), then double divisions.
+    CalculateOpDataSub keeps twice_max_input_scale and both quotients in float32 and only widens the
+    results, so its multipliers can differ from ADD's in the last bits.
+    """
+    if is_sub:
+        f1, f2, fo = np.float32(s1), np.float32(s2), np.float32(so)
+        twice = np.float32(2) * max(f1, f2)
+        reals = [float(np.float32(f1 / twice)), float(np.float32(f2 / twice)),
+                 float(np.float32(twice / (np.float32(1 << 20) * fo)))]
+    else:
+        twice = 2 * float(max(np.float32(s1), np.float32(s2)))
+        reals = [float(np.float32(s1)) / twice, float(np.float32(s2)) / twice,
+                 twice / ((1 << 20) * float(np.float32(so)))]
+    return [quantize_multiplier_smaller_than_one_exp(r) for r in reals]
+
+
+def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
+    if len(op.inputs) != 2 or len(op.outputs) != 1:
+        raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs", "2 inputs, 1 output")
+    _check_int8(graph, op, [op.inputs[0], op.inputs[1], op.outputs[0]])
+    a, b, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    dims, a_full, b_full = _broadcast_plan(graph, op, a, b, y)
+    lo, hi = activation_range(op.attrs["activation"], y)
+    za, zb, zy = a.zero_point, b.zero_point, y.zero_point
+
+    if kind == "mul":
+        m, s = quantize_multiplier(float(np.float32(a.scale)) * float(np.float32(b.scale))
+                                   / float(np.float32(y.scale)))
+
+        def elem(xa, xb):
+            prod = (i32(xa) - za) * (i32(xb) - zb)
+            return clamp(multiply_by_quantized_multiplier(prod, _c(m), s) + zy, lo, hi)
+    else:
+        reals_ok = 2 * max(a.scale, b.scale) / ((1 << 20) * y.scale) < 1.0
+        if not reals_ok or min(a.scale, b.scale, y.scale) <= 0:
+            raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g} -> {y.scale:g} give an output multiplier "
+                        "2*max(s1, s2) / (2^20 * s_out) >= 1 (TFLM's Prepare rejects it)",
+                        "positive scales with s_out > 2*max(s1, s2) / 2^20")
+        (m1, s1), (m2, s2), (mo, so) = _add_sub_multipliers(a.scale, b.scale, y.scale, kind == "sub")
+
+        def elem(xa, xb):
+            # (x - zp) * 2^20 fits int32 for int8 inputs: |x - zp| <= 255.
+            va = multiply_by_quantized_multiplier((i32(xa) - za) * (1 << 20), _c(m1), s1)
+            vb = multiply_by_quantized_multiplier((i32(xb) - zb) * (1 << 20), _c(m2), s2)
+            raw = va - vb if kind == "sub" else va + vb
+            return clamp(multiply_by_quantized_multiplier(raw, _c(mo), so) + zy, lo, hi)
+
+    func = binary_func(dims, a_full, b_full, elem, kind)
+    # An input laid out exactly like the output is read at element i just before i is written.
+    rank = len(y.shape)
+    inplace = []
+    for tid, t in ((op.inputs[0], a), (op.inputs[1], b)):
+        if not t.is_const and (1,) * (rank - len(t.shape)) + tuple(t.shape) == tuple(y.shape):
+            if (tid, op.outputs[0]) not in inplace:
+                inplace.append((tid, op.outputs[0]))
+    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind=kind, inplace=inplace)
+
+
+def lower_add(graph: Graph, op: Op) -> LoweredOp:
+    return _lower_binary(graph, op, "add")
+
+
+def lower_sub(graph: Graph, op: Op) -> LoweredOp:
+    return _lower_binary(graph, op, "sub")
+
+
+def lower_mul(graph: Graph, op: Op) -> LoweredOp:
+    return _lower_binary(graph, op, "mul")
+
+
+# ---------------------------------------------------------------------------------------------------
+# MEAN
+
+
+def mean_func(K, R, COUNT, out_expr):
+    """Sum over the R (reduced) extents of an input viewed as (K0, R0, K1, R1, K2, R2)."""
+    K0, K1, K2 = K
+    R0, R1, R2 = R
+
+    @T.prim_func(s_tir=True)
+    def mean(x_p: T.handle("int8"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((K0, R0, K1, R1, K2, R2), "int8", data=x_p)
+        y = T.decl_buffer((K0, K1, K2), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((K0, K1, K2), "int32")
+        for k0, k1, k2 in T.grid(K0, K1, K2):
+            for r0, r1, r2 in T.grid(R0, R1, R2):
+                with T.sblock("acc"):
+                    vk0, vk1, vk2, vr0, vr1, vr2 = T.axis.remap("SSSRRR", [k0, k1, k2, r0, r1, r2])
+                    with T.init():
+                        acc[vk0, vk1, vk2] = 0
+                    acc[vk0, vk1, vk2] = acc[vk0, vk1, vk2] + T.Cast("int32", x[vk0, vr0, vk1, vr1, vk2, vr2])
+            with T.sblock("out"):
+                vk0, vk1, vk2 = T.axis.remap("SSS", [k0, k1, k2])
+                y[vk0, vk1, vk2] = T.Cast("int8", out_expr(acc[vk0, vk1, vk2]))
+    return mean
+
+
+def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
+    """QuantizeMultiplier(s_in / s_out), readapted by 1/count as QuantizedMeanOrSum does at run time."""
+    m, s = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    shift = min(count.bit_length() - 1, 32, 31 + s)  # 63 - CountLeadingZeros(count), clamped
+    return (m << shift) // count, s - shift
+
+
+def lower_mean(graph: Graph, op: Op) -> LoweredOp:
+    if len(op.inputs) != 2 or len(op.outputs) != 1:
+        raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs",
+                    "2 inputs (data, axis) and 1 output")
+    _check_int8(graph, op, [op.inputs[0], op.outputs[0]])
+    x, ax, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    if ax.dtype != "int32" or not ax.is_const:
+        raise _fail(graph, op, f"axis tensor '{ax.name}' is {'a constant' if ax.is_const else 'not constant'} "
+                    f"{ax.dtype}", "a constant int32 axis tensor")
+    rank = len(x.shape)
+    if rank > _MEAN_MAX_RANK:
+        raise _fail(graph, op, f"input rank {rank}", f"input rank <= {_MEAN_MAX_RANK} (TFLM's reduce limit)")
+    axes: list[int] = []
+    for v in np.asarray(ax.data).reshape(-1).tolist():
+        if not -rank <= v < rank:
+            raise _fail(graph, op, f"axis {v} for a rank-{rank} input", f"axes in [{-rank}, {rank - 1}]")
+        if v % rank not in axes:  # ResolveAxis drops duplicates and wraps negative axes
+            axes.append(v % rank if rank else 0)
+    kept = [d for i, d in enumerate(x.shape) if i not in axes]
+    if int(np.prod(kept, dtype=np.int64)) != y.size:
+        raise _fail(graph, op, f"output shape {list(y.shape)} for input {list(x.shape)} reduced over {axes}",
+                    "an output with the non-reduced dimensions")
+    # Alternating runs of kept (K) and reduced (R) dimensions, each run collapsed to one extent.
+    runs: list[list] = []
+    for i, d in enumerate(x.shape):
+        red = i in axes
+        if runs and runs[-1][1] == red:
+            runs[-1][0] *= d
+        else:
+            runs.append([d, red])
+    if runs and runs[0][1]:
+        runs.insert(0, [1, False])
+    k_ext = [r[0] for r in runs if not r[1]]
+    r_ext = [r[0] for r in runs if r[1]]
+    k_ext += [1] * (3 - len(k_ext))
+    r_ext += [1] * (3 - len(r_ext))
+    count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
+    if count == 0 or x.size == 0:
+        raise _fail(graph, op, f"empty input shape {list(x.shape)}", "non-empty tensors")
+
+    if x.scale == y.scale and x.zero_point == y.zero_point:
+        # reference_ops::Mean<int8_t, int32_t>: truncating integer mean of the raw values.
+        def out_expr(acc):
+            return tirx.truncdiv(acc, _c(count))
+    else:
+        m, s = mean_multiplier(x.scale, y.scale, count)
+        izp, ozp = x.zero_point, y.zero_point
+
+        def out_expr(acc):
+            # (sum - in_zp * count) is formed in int64 and narrowed to int32, as TFLM does.
+            shifted = i32(i64(acc) - izp * count)
+            return clamp(multiply_by_quantized_multiplier(shifted, _c(m), s) + ozp, -128, 127)
+
+    func = mean_func(k_ext, r_ext, count, out_expr)
+    return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind="mean")
+
+
+LOWERINGS = {
+    "AVERAGE_POOL_2D": lower_avg_pool,
+    "MAX_POOL_2D": lower_max_pool,
+    "ADD": lower_add,
+    "SUB": lower_sub,
+    "MUL": lower_mul,
+    "MEAN": lower_mean,
+}

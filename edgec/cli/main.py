@@ -1,0 +1,241 @@
+"""The `edgec` command line. Exit codes: 0 ok, 1 verification failure, 2 usage or input error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edgec import __version__
+from edgec.errors import EdgecError
+from edgec.toolchain.runner import ToolchainError
+
+
+def _emit_json(obj: dict) -> None:
+    click.echo(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _progress(as_json: bool):
+    return (lambda msg: click.echo(f"edgec: {msg}", err=True)) if not as_json else (lambda msg: None)
+
+
+class EdgecGroup(click.Group):
+    """Turns EdgecError/ToolchainError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (EdgecError, ToolchainError) as e:
+            click.echo(f"edgec: error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=EdgecGroup)
+@click.version_option(__version__, prog_name="edgec")
+def main() -> None:
+    """edgec: compile TFLite models to static-memory C for microcontrollers."""
+
+
+def _print_ops_table(report: dict) -> None:
+    click.echo(f"{'#':>3}  {'op':<18} {'kernel':<30} {'in@offset':<22} {'out@offset':<16}")
+    for row in report["ops"]:
+        ins = ",".join(f"{i['bytes']}@{i['offset']}" for i in row["inputs"])
+        outs = ",".join(f"{o['bytes']}@{o['offset']}" for o in row["outputs"])
+        click.echo(f"{row['index']:>3}  {row['type']:<18} {row['kernel'] or '(alias)':<30} {ins:<22} {outs:<16}")
+
+
+def _print_summary(report: dict) -> None:
+    lb = report["arena_lower_bound_bytes"]
+    click.echo(f"model {report['model']} -> target {report['target']}")
+    click.echo(f"arena bytes:   {report['arena_bytes']:,} (lower bound {lb:,})")
+    click.echo(f"weights bytes: {report['weights_bytes']:,}")
+    click.echo(f"ops:           {len(report['ops'])}")
+
+
+@main.command("build")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Target name (see `edgec targets`).")
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
+def build_cmd(model: Path, target: str, out_dir: Path, as_json: bool) -> None:
+    """Compile MODEL (.tflite) into a C project in OUTDIR (written atomically)."""
+    from edgec.pipeline import build
+
+    report = build(model, target, out_dir)
+    if as_json:
+        _emit_json(report)
+        return
+    _print_summary(report)
+    _print_ops_table(report)
+    click.echo(f"wrote {out_dir} in {report['build_seconds']:.2f} s")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise EdgecError(f"{path}: cannot read .npy input: {e}") from None
+
+
+def _input_sets(files: tuple[Path, ...], specs: list[dict]) -> list[list[np.ndarray]]:
+    """One .npy per model input (in order); each holds one input or a stack of N inputs."""
+    if len(files) != len(specs):
+        raise EdgecError(f"the model has {len(specs)} input(s) but {len(files)} --input file(s) were given")
+    arrays = []
+    for path, spec in zip(files, specs):
+        a = _load_npy(path)
+        shape = tuple(spec["shape"])
+        if a.dtype != np.dtype(spec["dtype"]):
+            raise EdgecError(f"{path}: dtype {a.dtype}, expected {spec['dtype']} for input '{spec['name']}'")
+        if a.shape == shape:
+            a = a[None]
+        elif a.shape[1:] != shape:
+            raise EdgecError(f"{path}: shape {list(a.shape)}, expected {list(shape)} or [N, {', '.join(map(str, shape))}] "
+                             f"for input '{spec['name']}'")
+        arrays.append(a)
+    n = {len(a) for a in arrays}
+    if len(n) != 1:
+        raise EdgecError(f"--input files hold different numbers of inputs: {sorted(n)}")
+    return [[a[i] for a in arrays] for i in range(n.pop())]
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Target name.")
+@click.option("--on", "on", type=click.Choice(["host", "qemu"]), default=None,
+              help="Where to run: host (gcc) or qemu (firmware). Default: qemu for MCU targets, host for host.")
+@click.option("--inputs", "n_inputs", type=click.IntRange(0), default=20, show_default=True,
+              help="Number of random inputs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--input", "input_files", multiple=True, type=click.Path(path_type=Path),
+              help="Extra input .npy file(s), one per model input, checked besides the random ones.")
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int, seed: int, input_files, as_json: bool):
+    """Compare edgec's C output with the TFLite Micro interpreter (bit-exact). Exit 1 on a mismatch."""
+    from edgec.cli.verify import verify
+    from edgec.pipeline import load_model, tensor_spec
+    from edgec.targets import load_target
+
+    tgt = load_target(target)
+    on = on or ("qemu" if tgt.get("qemu_machine") else "host")
+    if on == "qemu" and not tgt.get("qemu_machine"):
+        raise EdgecError(f"target {target} cannot run under QEMU (use --on host)")
+    graph, _ = load_model(model)
+    extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
+    if not extra and n_inputs == 0:
+        raise EdgecError("nothing to verify: --inputs 0 and no --input file")
+    result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json))
+    if as_json:
+        _emit_json(result)
+    else:
+        status = "BIT-EXACT" if result["bitexact"] else f"MISMATCH ({result['mismatches']} outputs differ)"
+        click.echo(f"{result['model']} on {target}/{on}: {status} over {result['inputs']} inputs")
+        click.echo(f"arena {result['arena_bytes']:,} B (lower bound {result['arena_lower_bound_bytes']:,} B), "
+                   f"weights {result['weights_bytes']:,} B")
+        if result["instructions_per_inference"] is not None:
+            click.echo(f"flash {result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B, "
+                       f"{result['instructions_per_inference']:,} instructions per inference (QEMU)")
+        if result["first_mismatch"]:
+            click.echo(f"first mismatch: {result['first_mismatch']}")
+    sys.exit(0 if result["bitexact"] else 1)
+
+
+def _read_report(out_dir: Path) -> dict:
+    path = Path(out_dir) / "edgec-report.json"
+    if not path.is_file():
+        raise EdgecError(f"{out_dir}: not an edgec output folder (no edgec-report.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgecError(f"{path}: malformed report: {e}") from None
+
+
+@main.command("run")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--input", "input_files", multiple=True, required=True, type=click.Path(path_type=Path),
+              help=".npy file per model input: one input, or a stack of N inputs along a new first axis.")
+@click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True)
+@click.option("--output", "-o", "out_file", required=True, type=click.Path(path_type=Path),
+              help="Output .npy (single-output models) or .npz (several outputs, keyed by output name).")
+@click.option("--json", "as_json", is_flag=True)
+def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, as_json: bool) -> None:
+    """Run a built project (OUTDIR) on inputs from .npy files, on the host or under QEMU."""
+    import tempfile
+
+    from edgec.cli.verify import run_project
+
+    report = _read_report(out_dir)
+    sets = _input_sets(tuple(input_files), report["inputs"])
+    with tempfile.TemporaryDirectory(prefix="edgec_run_") as tmp:
+        outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp))
+    stacked = [np.stack([rec[o] for rec in outputs]) for o in range(len(report["outputs"]))]
+    if len(sets) == 1:
+        stacked = [a[0] for a in stacked]
+    if len(stacked) == 1:
+        np.save(out_file, stacked[0])
+    else:
+        np.savez(out_file, **{o["name"]: a for o, a in zip(report["outputs"], stacked)})
+    result = {"outputs": str(out_file), "inferences": len(sets), "on": on, **measured}
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"ran {len(sets)} inference(s) on {on}; wrote {out_file}")
+        if measured.get("instructions_per_inference"):
+            click.echo(f"{measured['instructions_per_inference']:,} instructions per inference (QEMU)")
+
+
+@main.command("inspect")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect_cmd(out_dir: Path, as_json: bool) -> None:
+    """Show the build report of OUTDIR: memory, I/O and the per-op table."""
+    report = _read_report(out_dir)
+    if as_json:
+        _emit_json(report)
+        return
+    _print_summary(report)
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(report[kind]):
+            q = f" scale {t['scale']:.6g} zp {t['zero_point']}" if "scale" in t else ""
+            click.echo(f"{kind[:-1]} {i}: '{t['name']}' {t['dtype']} {t['shape']}{q}")
+    _print_ops_table(report)
+
+
+@main.command("targets")
+@click.option("--json", "as_json", is_flag=True)
+def targets_cmd(as_json: bool) -> None:
+    """List the targets edgec knows, with their status."""
+    from edgec.targets import list_targets
+
+    rows = [{"name": t["name"], "status": t.get("status", "?"), "description": t.get("description", ""),
+             "qemu_machine": t.get("qemu_machine"), "flash_bytes": t["flash_bytes"], "ram_bytes": t["ram_bytes"]}
+            for t in list_targets()]
+    if as_json:
+        _emit_json({"targets": rows})
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<14} {r['status']:<10} {r['description']}")
+
+
+@main.command("bench")
+@click.option("--target", "-t", default="cortex-m4", show_default=True)
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the MLPerf Tiny .tflite files (default: ../shared/models/tflite).")
+@click.option("--output", "-o", "out_file", type=click.Path(path_type=Path), default=Path("bench/results.json"),
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_cmd(target: str, models_dir: Path | None, out_file: Path, as_json: bool) -> None:
+    """Arena, flash, instructions per inference and build time for the MLPerf Tiny models."""
+    from edgec.cli.bench import format_table, run_bench
+
+    result = run_bench(target, models_dir, _progress(as_json))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(format_table(result))
+        click.echo(f"wrote {out_file}")
