@@ -197,7 +197,7 @@ def _broadcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor, y: Tensor):
     return [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
 
 
-def binary_func(dims, a_full, b_full, elem, name: str):
+def binary_func(dims, a_full, b_full, elem):
     """A broadcast elementwise kernel y = elem(a, b) over the collapsed `dims` (6 levels)."""
     D0, D1, D2, D3, D4, D5 = dims
     SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
@@ -218,11 +218,11 @@ def binary_func(dims, a_full, b_full, elem, name: str):
                 y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", elem(
                     a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5],
                     b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
-    return binary.with_attr("global_symbol", name)
+    return binary
 
 
-def _add_sub_multipliers(s1: float, s2: float, so: float, is_sub: bool) -> list[tuple[int, int]]:
-    """(multiplier, shift) for input 1, input 2 and the output, with left_shift = 20.
+def _add_sub_reals(s1: float, s2: float, so: float, is_sub: bool) -> list[float]:
+    """The real multipliers of input 1, input 2 and the output, with left_shift = 20.
 
     CalculateOpDataAdd works in double: 2 * double(max(s1, s2)), then double divisions.
     CalculateOpDataSub keeps twice_max_input_scale and both quotients in float32 and only widens the
@@ -237,7 +237,7 @@ def _add_sub_multipliers(s1: float, s2: float, so: float, is_sub: bool) -> list[
         twice = 2 * float(max(np.float32(s1), np.float32(s2)))
         reals = [float(np.float32(s1)) / twice, float(np.float32(s2)) / twice,
                  twice / ((1 << 20) * float(np.float32(so)))]
-    return [quantize_multiplier_smaller_than_one_exp(r) for r in reals]
+    return reals
 
 
 def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
@@ -257,12 +257,14 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
             prod = (i32(xa) - za) * (i32(xb) - zb)
             return clamp(multiply_by_quantized_multiplier(prod, _c(m), s) + zy, lo, hi)
     else:
-        reals_ok = 2 * max(a.scale, b.scale) / ((1 << 20) * y.scale) < 1.0
-        if not reals_ok or min(a.scale, b.scale, y.scale) <= 0:
+        if min(a.scale, b.scale, y.scale) <= 0:
+            raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g}, {y.scale:g}", "positive scales")
+        reals = _add_sub_reals(a.scale, b.scale, y.scale, kind == "sub")
+        if not all(0.0 < r < 1.0 for r in reals):
+            # QuantizeMultiplierSmallerThanOneExp aborts in TFLM's Prepare for these.
             raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g} -> {y.scale:g} give an output multiplier "
-                        "2*max(s1, s2) / (2^20 * s_out) >= 1 (TFLM's Prepare rejects it)",
-                        "positive scales with s_out > 2*max(s1, s2) / 2^20")
-        (m1, s1), (m2, s2), (mo, so) = _add_sub_multipliers(a.scale, b.scale, y.scale, kind == "sub")
+                        "2*max(s1, s2) / (2^20 * s_out) >= 1", "s_out > 2*max(s1, s2) / 2^20")
+        (m1, s1), (m2, s2), (mo, so) = (quantize_multiplier_smaller_than_one_exp(r) for r in reals)
 
         def elem(xa, xb):
             # (x - zp) * 2^20 fits int32 for int8 inputs: |x - zp| <= 255.
@@ -271,14 +273,14 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
             raw = va - vb if kind == "sub" else va + vb
             return clamp(multiply_by_quantized_multiplier(raw, _c(mo), so) + zy, lo, hi)
 
-    func = binary_func(dims, a_full, b_full, elem, kind)
+    func = binary_func(dims, a_full, b_full, elem)
     # An input laid out exactly like the output is read at element i just before i is written.
     rank = len(y.shape)
     inplace = []
     for tid, t in ((op.inputs[0], a), (op.inputs[1], b)):
-        if not t.is_const and (1,) * (rank - len(t.shape)) + tuple(t.shape) == tuple(y.shape):
-            if (tid, op.outputs[0]) not in inplace:
-                inplace.append((tid, op.outputs[0]))
+        same_layout = (1,) * (rank - len(t.shape)) + tuple(t.shape) == tuple(y.shape)
+        if same_layout and not t.is_const and (tid, op.outputs[0]) not in inplace:
+            inplace.append((tid, op.outputs[0]))
     args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.output(op.outputs[0])]
     return LoweredOp(op, func, args, kind=kind, inplace=inplace)
 
