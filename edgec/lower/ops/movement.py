@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tvm import tirx
 from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as Tb
@@ -45,7 +46,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # --- TIR templates ---------------------------------------------------------------------------------------
 
 
-def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple):
+def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple) -> tirx.PrimFunc:
     """y[o0..o4] = x[BASE + sum(o_d * S_d)] over the output, x viewed flat (strides may be negative)."""
     O0, O1, O2, O3, O4 = OUT
     S0, S1, S2, S3, S4 = S
@@ -62,7 +63,7 @@ def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple):
     return gather
 
 
-def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: int):
+def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: int) -> tirx.PrimFunc:
     """Fill y with PADV, then copy x into the window that starts at L (no per-element conditions)."""
     I0, I1, I2, I3, I4 = IN
     O0, O1, O2, O3, O4 = OUT
@@ -84,25 +85,23 @@ def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: int):
     return pad
 
 
-def concat_func(outer: int, sizes: list[int], inner: int):
+def concat_func(outer: int, sizes: list[int], inner: int) -> tirx.PrimFunc:
     """y viewed (outer, sum(sizes) * inner); input i fills columns [off_i * inner, (off_i + size_i) * inner)."""
     total = sum(sizes)
-    with IRBuilder() as ib:
-        with Tb.prim_func(s_tir=True):
-            Tb.func_name("concat")
-            Tb.func_attr({"tirx.noalias": True})
-            ptrs = [Tb.arg(f"x{i}_p", Tb.handle("int8")) for i in range(len(sizes))]
-            y_p = Tb.arg("y_p", Tb.handle("int8"))
-            xs = [Tb.decl_buffer((outer, s * inner), "int8", data=p) for s, p in zip(sizes, ptrs)]
-            y = Tb.decl_buffer((outer, total * inner), "int8", data=y_p)
-            off = 0
-            for i, (x, s) in enumerate(zip(xs, sizes)):
-                with Tb.grid(outer, s * inner) as (o, j):
-                    with Tb.sblock(f"copy{i}"):
-                        vo = Tb.axis.spatial(outer, o)
-                        vj = Tb.axis.spatial(s * inner, j)
-                        Tb.buffer_store(y, x[vo, vj], [vo, off * inner + vj])
-                off += s
+    with IRBuilder() as ib, Tb.prim_func(s_tir=True):
+        Tb.func_name("concat")
+        Tb.func_attr({"tirx.noalias": True})
+        ptrs = [Tb.arg(f"x{i}_p", Tb.handle("int8")) for i in range(len(sizes))]
+        y_p = Tb.arg("y_p", Tb.handle("int8"))
+        xs = [Tb.decl_buffer((outer, s * inner), "int8", data=p) for s, p in zip(sizes, ptrs)]
+        y = Tb.decl_buffer((outer, total * inner), "int8", data=y_p)
+        off = 0
+        for i, (x, s) in enumerate(zip(xs, sizes)):
+            with Tb.grid(outer, s * inner) as (o, j), Tb.sblock(f"copy{i}"):
+                vo = Tb.axis.spatial(outer, o)
+                vj = Tb.axis.spatial(s * inner, j)
+                Tb.buffer_store(y, x[vo, vj], [vo, off * inner + vj])
+            off += s
     return ib.get()
 
 
@@ -322,7 +321,7 @@ def lower_concatenation(graph: Graph, op: Op) -> LoweredOp:
 
 
 def _clamp(v: int, lo: int, hi: int) -> int:
-    return hi if v > hi else lo if v < lo else v
+    return min(max(v, lo), hi)
 
 
 def _prepare_start(begin: int, stride: int, masked: bool, size: int) -> int:
@@ -393,11 +392,8 @@ def lower_strided_slice(graph: Graph, op: Op) -> LoweredOp:
             raise _err(graph, op, f"stride 0 on axis {d}; supported: non-zero strides")
         # Prepare's output-shape check, in float32 like TFLM: ceil((end - begin) / (float)stride).
         p_start = _prepare_start(begin[d], stride, bm, size)
-        p_stop = begin_plus_one = _prepare_stop(end[d], stride, em, shrink, size, p_start)
-        if shrink:
-            begin_plus_one = p_start + 1
-        dim = max(int(math.ceil(np.float32(begin_plus_one - p_start) / np.float32(stride))), 0)
-        del p_stop
+        p_stop = _prepare_stop(end[d], stride, em, shrink, size, p_start)
+        dim = max(math.ceil(np.float32(p_stop - p_start) / np.float32(stride)), 0)
         e_start = _eval_start(begin[d], stride, bm, size)
         e_stop = _eval_stop(end[d], stride, em, shrink, size, e_start)
         n = _count(e_start, e_stop, stride)
