@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import LoweredOp
-from edgec.plan.arena import Buffer, Plan, pack
+from edgec.plan.arena import Buffer, Plan, lower_bound, pack
 
 
 def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
@@ -33,25 +33,35 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
             t = parent[t]
         return t
 
-    for step, lo in enumerate(lowered):
+    for lo in lowered:
         if lo.alias:
             parent[root(lo.op.outputs[0])] = root(lo.op.inputs[0])
-        for tin, tout in lo.inplace:
-            # Share only when nothing reads the input after this op (and it is not a graph output).
-            group_in = [t for t in first if root(t) == root(tin)]
-            if all(last[t] <= step for t in group_in) and graph.t(tin).nbytes == graph.t(tout).nbytes:
-                parent[root(tout)] = root(tin)
 
-    groups: dict[int, list[int]] = {}
-    for t in first:
-        groups.setdefault(root(t), []).append(t)
-    buffers = []
-    for r, members in groups.items():
-        size = max(graph.t(t).nbytes for t in members)
-        buffers.append(Buffer(f"tensor:{r}", size, min(first[t] for t in members), max(last[t] for t in members),
-                              sorted(members)))
+    def buffers_of_groups() -> list[Buffer]:
+        groups: dict[int, list[int]] = {}
+        for t in first:
+            groups.setdefault(root(t), []).append(t)
+        return [Buffer(f"tensor:{r}", max(graph.t(t).nbytes for t in members), min(first[t] for t in members),
+                       max(last[t] for t in members), sorted(members)) for r, members in groups.items()]
+
+    scratch = []
     for step, lo in enumerate(lowered):
-        scratch = sum(a.scratch_bytes for a in lo.args if a.kind == "scratch")
-        if scratch:
-            buffers.append(Buffer(f"scratch:{step}", scratch, step, step))
-    return pack(buffers, n)
+        nbytes = sum(a.scratch_bytes for a in lo.args if a.kind == "scratch")
+        if nbytes:
+            scratch.append(Buffer(f"scratch:{step}", nbytes, step, step))
+    # The bound counts every tensor on its own (aliases are one tensor): in-place reuse can beat it.
+    bound = lower_bound(buffers_of_groups() + scratch, n)
+
+    for step, lo in enumerate(lowered):
+        # At most one in-place pair per op: its output takes the bytes of one input that dies here.
+        for tin, tout in lo.inplace:
+            group_in = [t for t in first if root(t) == root(tin)]
+            group_out = [t for t in first if root(t) == root(tout)]
+            if (len(group_out) == 1 and all(last[t] <= step for t in group_in)
+                    and graph.t(tin).nbytes == graph.t(tout).nbytes):
+                parent[root(tout)] = root(tin)
+                break
+
+    plan = pack(buffers_of_groups() + scratch, n)
+    plan.lower_bound_bytes = bound
+    return plan
