@@ -87,18 +87,38 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
-    for name in ("CMakeLists.txt.j2", "platformio.ini.j2", "library.json.j2"):
+    for name in ("CMakeLists.txt.j2", "platformio.ini.j2", "library.json.j2", "cmake/arm-none-eabi.cmake.j2",
+                 "examples/platformio/main.cpp.j2"):
+        if name.startswith("cmake/") and not target.get("board"):
+            continue  # the cross toolchain file is only for firmware targets
         if (TEMPLATES / "project" / name).exists():
             files[name[:-3]] = env.get_template(name).render(common, target=target, report=report)
     write_atomically(out_dir, files, extra_dirs=_runtime_dirs(target))
 
 
 def _runtime_dirs(target: dict) -> dict[str, Path]:
-    """Runtime sources copied into the project: the harness and the board support for the target."""
+    """Runtime sources copied into the project: the harness, semihosting and the board support for the target.
+
+    Project layout: runtime/harness/, runtime/semihost/ (edgec_semihost.{h,c}: the harness includes the
+    header on every target, firmware builds compile the .c) and runtime/boards/<board>/. The semihosting
+    files must not go to runtime/ itself: the runner compiles runtime/*.c into every host and firmware build.
+    """
     runtime = REPO_ROOT / "runtime_c"
     dirs = {}
     if (runtime / "harness").is_dir():
         dirs["runtime/harness"] = runtime / "harness"
+    # write_atomically copies whole folders, and the two semihosting files sit at the top of runtime_c/
+    # (beside harness/ and boards/): stage them once per process in a temporary folder removed at exit.
+    staged = getattr(_runtime_dirs, "semihost_dir", None)
+    if staged is None or not staged.is_dir():
+        import atexit
+
+        staged = Path(tempfile.mkdtemp(prefix="edgec_semihost_"))
+        atexit.register(shutil.rmtree, staged, True)
+        for name in ("edgec_semihost.h", "edgec_semihost.c"):
+            shutil.copy2(runtime / name, staged / name)
+        _runtime_dirs.semihost_dir = staged  # type: ignore[attr-defined]
+    dirs["runtime/semihost"] = staged
     board = target.get("board")
     if board and (runtime / "boards" / board).is_dir():
         dirs[f"runtime/boards/{board}"] = runtime / "boards" / board
