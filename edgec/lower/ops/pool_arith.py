@@ -10,18 +10,23 @@ Reference semantics (TFLite Micro, double rounding):
 - ADD / SUB: reference_integer_ops::AddFunc / reference_ops::BroadcastQuantSubSlow (the same
   arithmetic for the elementwise and broadcast paths): each input (x - zp) << 20 is scaled by
   MultiplyByQuantizedMultiplierSmallerThanOneExp, the sum (difference) is rescaled by the output
-  multiplier, + out_zp, clamped. The multipliers come from CalculateOpDataAdd (doubles) and
-  CalculateOpDataSub (float32 arithmetic, then widened to double): see `_add_sub_multipliers`.
+  multiplier, + out_zp, clamped. The multipliers come from CalculateOpDataAdd / CalculateOpDataSub
+  (double arithmetic, QuantizeMultiplierSmallerThanOneExp): see `_add_sub_reals`.
 - MUL: reference_integer_ops::MulElementwise / BroadcastMul6DSlow:
   MultiplyByQuantizedMultiplier((x1 - z1) * (x2 - z2), M, S) + out_zp, clamped, with M, S from
   QuantizeMultiplier(double(s1) * double(s2) / double(s_out)).
-- MEAN: reduce_common.cc EvalIntegerMean. Equal input/output scale and zero point:
-  reference_ops::Mean<int8_t, int32_t>, i.e. (int8)(sum / count) with C truncating division and no
-  zero point. Otherwise reference_ops::QuantizedMeanOrSum: (sum - in_zp * count) times the
-  multiplier QuantizeMultiplier(s_in / s_out) readapted by 1/count at run time (reproduced here at
-  compile time), + out_zp, clamped to int8.
+- MEAN: reduce_common.cc EvalIntegerMean -> reference_ops::QuantizedMeanOrSum (compute_sum=false):
+  (sum - in_zp * count) times the multiplier QuantizeMultiplier(double(s_in) / double(s_out))
+  readapted by 1/count at run time (reproduced here at compile time), + out_zp, clamped to int8.
+  Older tflite-micro revisions took reference_ops::Mean<int8_t, int32_t> (truncating sum / count)
+  when input and output quantization are equal; the pinned tflite-micro package rounds like
+  QuantizedMeanOrSum in that case too (checked: e.g. sum -62 over 4 gives -16, not -15), so there
+  is one path.
 
 Broadcasting follows BroadcastBinaryOpSimple: shapes are right-aligned, a dimension of 1 repeats.
+MEAN takes any set of axes on inputs up to rank 5 (TFLM's resolved-axis array holds 2 entries, but the
+pinned build gives the same results for 3..5 axes, checked against it). Ops whose output cannot depend
+on the inputs (activation range of a single value, multiplier flushed to 0) lower to a fill.
 """
 
 from __future__ import annotations
@@ -65,11 +70,29 @@ def _c(value: int) -> tirx.PrimExpr:
     return tirx.const(int(value), "int32")
 
 
+def fill_func(size: int, value: int) -> tirx.PrimFunc:
+    @T.prim_func(s_tir=True)
+    def fill(y_p: T.handle("int8")):
+        y = T.decl_buffer((size,), "int8", data=y_p)
+        for i in range(size):
+            with T.sblock("out"):
+                vi = T.axis.remap("S", [i])
+                y[vi] = T.int8(value)
+    return fill
+
+
+def _constant(op: Op, y: Tensor, value: int) -> LoweredOp:
+    """An op whose every output element is `value` whatever the inputs (activation range of one value,
+    multiplier flushed to 0). The arithmetic would fold away and leave the input pointers unused in
+    the C, so it lowers to a fill that takes only the output."""
+    return LoweredOp(op, fill_func(y.size, value), [Arg.output(op.outputs[0])], kind="fill")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Pooling
 
 
-def avg_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
+def avg_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI) -> tirx.PrimFunc:
     def rounded_mean(acc, voh, vow):
         # In-image tap count of this window, as TFLM's filter_{x,y}_{start,end} give it.
         count = (T.min(FH, H + PT - voh * SH) - T.max(0, PT - voh * SH)) * (
@@ -103,7 +126,7 @@ def avg_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
     return avg_pool
 
 
-def max_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
+def max_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI) -> tirx.PrimFunc:
     @T.prim_func(s_tir=True)
     def max_pool(x_p: T.handle("int8"), y_p: T.handle("int8")):
         T.func_attr({"tirx.noalias": True})
@@ -122,7 +145,10 @@ def max_pool_func(N, H, W, C, OH, OW, FH, FW, SH, SW, PT, PL, LO, HI):
                         x[vn, voh * SH - PT + vkh, vow * SW - PL + vkw, vc], T.int8(-128)))
             with T.sblock("out"):
                 vn, voh, vow, vc = T.axis.remap("SSSS", [n, oh, ow, c])
-                y[vn, voh, vow, vc] = clamp(acc[vn, voh, vow, vc], LO, HI)
+                # Bound to a variable first: CodeGenC caches the printed operands of min/max per
+                # scope, so clamp(acc[...]) right after `acc = max(acc, x)` (1x1 windows, no loop
+                # left in between) would reuse the value loaded before the update.
+                y[vn, voh, vow, vc] = let(acc[vn, voh, vow, vc], lambda m: clamp(m, LO, HI), "best")
     return max_pool
 
 
@@ -147,6 +173,8 @@ def _lower_pool(graph: Graph, op: Op, kind: str) -> LoweredOp:
         raise _fail(graph, op, f"output shape {list(y.shape)} but the {a['padding']} window gives "
                     f"{[n, oh, ow, c]}", "output shapes consistent with the input, filter, stride and padding")
     lo, hi = activation_range(a["activation"], y)
+    if lo == hi:
+        return _constant(op, y, lo)
     make = avg_pool_func if kind == "avgpool" else max_pool_func
     func = make(n, h, w, c, oh, ow, fh, fw, sh, sw, pt, pl, lo, hi)
     return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind=kind)
@@ -172,11 +200,17 @@ def _broadcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor, y: Tensor):
     repetition pattern are merged, as BroadcastBinaryOpSimple fuses loops.
     """
     rank = len(y.shape)
-    if len(a.shape) > rank or len(b.shape) > rank:
+    # Leading 1s beyond the output's rank do not change the element order.
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+    while len(a_shape) > rank and a_shape[0] == 1:
+        a_shape = a_shape[1:]
+    while len(b_shape) > rank and b_shape[0] == 1:
+        b_shape = b_shape[1:]
+    if len(a_shape) > rank or len(b_shape) > rank:
         raise _fail(graph, op, f"input shapes {list(a.shape)}, {list(b.shape)} have more dimensions than the "
                     f"output {list(y.shape)}", "inputs broadcastable to the output shape")
-    ea = (1,) * (rank - len(a.shape)) + tuple(a.shape)
-    eb = (1,) * (rank - len(b.shape)) + tuple(b.shape)
+    ea = (1,) * (rank - len(a_shape)) + a_shape
+    eb = (1,) * (rank - len(b_shape)) + b_shape
     groups: list[list] = []
     for d, (da, db, dy) in enumerate(zip(ea, eb, y.shape)):
         if da not in (1, dy) or db not in (1, dy) or max(da, db) != dy:
@@ -197,8 +231,13 @@ def _broadcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor, y: Tensor):
     return [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
 
 
-def binary_func(dims, a_full, b_full, elem):
-    """A broadcast elementwise kernel y = elem(a, b) over the collapsed `dims` (6 levels)."""
+def binary_func(dims: list[int], a_full: list[bool], b_full: list[bool], combine, requant) -> tirx.PrimFunc:
+    """A broadcast elementwise kernel y = requant(combine(a, b)) over the collapsed `dims` (6 levels).
+
+    The int32 `combine` result goes through a one-element stage buffer: one expression holding all
+    of ADD's three requantizations makes TVM's Let-heavy analysis in CompactBufferAllocation /
+    FlattenBuffer / LowerIntrin take seconds per kernel.
+    """
     D0, D1, D2, D3, D4, D5 = dims
     SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
     SB = tuple(d if f else 1 for d, f in zip(dims, b_full))
@@ -212,32 +251,29 @@ def binary_func(dims, a_full, b_full, elem):
         a = T.decl_buffer(SA, "int8", data=a_p)
         b = T.decl_buffer(SB, "int8", data=b_p)
         y = T.decl_buffer((D0, D1, D2, D3, D4, D5), "int8", data=y_p)
+        stage = T.sblock_alloc_buffer((D0, D1, D2, D3, D4, D5), "int32")
         for i0, i1, i2, i3, i4, i5 in T.grid(D0, D1, D2, D3, D4, D5):
+            with T.sblock("combine"):
+                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
+                stage[v0, v1, v2, v3, v4, v5] = combine(
+                    T.Cast("int32", a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5]),
+                    T.Cast("int32", b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
             with T.sblock("out"):
                 v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", elem(
-                    a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5],
-                    b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
+                y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", requant(stage[v0, v1, v2, v3, v4, v5]))
     return binary
 
 
-def _add_sub_reals(s1: float, s2: float, so: float, is_sub: bool) -> list[float]:
+def _add_sub_reals(s1: float, s2: float, so: float) -> list[float]:
     """The real multipliers of input 1, input 2 and the output, with left_shift = 20.
 
-    CalculateOpDataAdd works in double: 2 * double(max(s1, s2)), then double divisions.
-    CalculateOpDataSub keeps twice_max_input_scale and both quotients in float32 and only widens the
-    results, so its multipliers can differ from ADD's in the last bits.
+    CalculateOpDataAdd / CalculateOpDataSub: twice_max = 2 * double(max(s1, s2)), then double
+    divisions. (Some tflite-micro revisions of sub_common.cc do these steps in float32; the pinned
+    tflite-micro package computes SUB in double like ADD, checked on scales where the two differ.)
     """
-    if is_sub:
-        f1, f2, fo = np.float32(s1), np.float32(s2), np.float32(so)
-        twice = np.float32(2) * max(f1, f2)
-        reals = [float(np.float32(f1 / twice)), float(np.float32(f2 / twice)),
-                 float(np.float32(twice / (np.float32(1 << 20) * fo)))]
-    else:
-        twice = 2 * float(max(np.float32(s1), np.float32(s2)))
-        reals = [float(np.float32(s1)) / twice, float(np.float32(s2)) / twice,
-                 twice / ((1 << 20) * float(np.float32(so)))]
-    return reals
+    twice = 2 * float(max(np.float32(s1), np.float32(s2)))
+    return [float(np.float32(s1)) / twice, float(np.float32(s2)) / twice,
+            twice / ((1 << 20) * float(np.float32(so)))]
 
 
 def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
@@ -252,28 +288,39 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
     if kind == "mul":
         m, s = quantize_multiplier(float(np.float32(a.scale)) * float(np.float32(b.scale))
                                    / float(np.float32(y.scale)))
+        out_multiplier = m
 
-        def elem(xa, xb):
-            prod = (i32(xa) - za) * (i32(xb) - zb)
+        def combine(xa, xb):
+            return (xa - za) * (xb - zb)  # |.| <= 255 * 255: no int32 overflow
+
+        def requant(prod):
             return clamp(multiply_by_quantized_multiplier(prod, _c(m), s) + zy, lo, hi)
     else:
         if min(a.scale, b.scale, y.scale) <= 0:
             raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g}, {y.scale:g}", "positive scales")
-        reals = _add_sub_reals(a.scale, b.scale, y.scale, kind == "sub")
+        reals = _add_sub_reals(a.scale, b.scale, y.scale)
         if not all(0.0 < r < 1.0 for r in reals):
             # QuantizeMultiplierSmallerThanOneExp aborts in TFLM's Prepare for these.
             raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g} -> {y.scale:g} give an output multiplier "
                         "2*max(s1, s2) / (2^20 * s_out) >= 1", "s_out > 2*max(s1, s2) / 2^20")
         (m1, s1), (m2, s2), (mo, so) = (quantize_multiplier_smaller_than_one_exp(r) for r in reals)
+        if max(s1, s2, so) > 0:  # a real multiplier that rounds up to 1.0: TFLM's CHECK aborts too
+            raise _fail(graph, op, f"scales {a.scale:g}, {b.scale:g} -> {y.scale:g} give a multiplier that "
+                        "rounds to 1.0", "multipliers below 1")
+        out_multiplier = mo
 
-        def elem(xa, xb):
+        def combine(xa, xb):
             # (x - zp) * 2^20 fits int32 for int8 inputs: |x - zp| <= 255.
-            va = multiply_by_quantized_multiplier((i32(xa) - za) * (1 << 20), _c(m1), s1)
-            vb = multiply_by_quantized_multiplier((i32(xb) - zb) * (1 << 20), _c(m2), s2)
-            raw = va - vb if kind == "sub" else va + vb
+            va = multiply_by_quantized_multiplier((xa - za) * (1 << 20), _c(m1), s1)
+            vb = multiply_by_quantized_multiplier((xb - zb) * (1 << 20), _c(m2), s2)
+            return va - vb if kind == "sub" else va + vb
+
+        def requant(raw):
             return clamp(multiply_by_quantized_multiplier(raw, _c(mo), so) + zy, lo, hi)
 
-    func = binary_func(dims, a_full, b_full, elem)
+    if lo == hi or out_multiplier == 0:
+        return _constant(op, y, min(max(zy, lo), hi))
+    func = binary_func(dims, a_full, b_full, combine, requant)
     # An input laid out exactly like the output is read at element i just before i is written.
     rank = len(y.shape)
     inplace = []
@@ -301,7 +348,7 @@ def lower_mul(graph: Graph, op: Op) -> LoweredOp:
 # MEAN
 
 
-def mean_func(K, R, COUNT, out_expr):
+def mean_func(K: list[int], R: list[int], out_expr) -> tirx.PrimFunc:
     """Sum over the R (reduced) extents of an input viewed as (K0, R0, K1, R1, K2, R2)."""
     K0, K1, K2 = K
     R0, R1, R2 = R
@@ -372,20 +419,17 @@ def lower_mean(graph: Graph, op: Op) -> LoweredOp:
     if count == 0 or x.size == 0:
         raise _fail(graph, op, f"empty input shape {list(x.shape)}", "non-empty tensors")
 
-    if x.scale == y.scale and x.zero_point == y.zero_point:
-        # reference_ops::Mean<int8_t, int32_t>: truncating integer mean of the raw values.
-        def out_expr(acc):
-            return tirx.truncdiv(acc, _c(count))
-    else:
-        m, s = mean_multiplier(x.scale, y.scale, count)
-        izp, ozp = x.zero_point, y.zero_point
+    m, s = mean_multiplier(x.scale, y.scale, count)
+    izp, ozp = x.zero_point, y.zero_point
+    if m == 0:
+        return _constant(op, y, ozp)
 
-        def out_expr(acc):
-            # (sum - in_zp * count) is formed in int64 and narrowed to int32, as TFLM does.
-            shifted = i32(i64(acc) - izp * count)
-            return clamp(multiply_by_quantized_multiplier(shifted, _c(m), s) + ozp, -128, 127)
+    def out_expr(acc):
+        # (sum - in_zp * count) is formed in int64 and narrowed to int32, as TFLM does.
+        shifted = i32(i64(acc) - izp * count)
+        return clamp(multiply_by_quantized_multiplier(shifted, _c(m), s) + ozp, -128, 127)
 
-    func = mean_func(k_ext, r_ext, count, out_expr)
+    func = mean_func(k_ext, r_ext, out_expr)
     return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind="mean")
 
 
