@@ -24,7 +24,7 @@ CLASSES = 12
 
 def _conv(x, w, b, stride, pad_hw, depthwise=False):
     """Float NHWC convolution; w is [OC, KH, KW, IC] (or [1, KH, KW, C] for depthwise)."""
-    n, h, wd, c = x.shape
+    n, h, wd, _ = x.shape
     kh, kw = w.shape[1:3]
     oh, ow = (h + 2 * pad_hw[0] - kh) // stride + 1, (wd + 2 * pad_hw[1] - kw) // stride + 1
     xp = np.pad(x, ((0, 0), pad_hw[0:1] * 2, pad_hw[1:2] * 2, (0, 0)))

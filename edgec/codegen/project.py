@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 
 from edgec import __version__
-from edgec.ir.graph import C_TYPES, Graph
+from edgec.ir.graph import C_TYPES
 from edgec.lower import LoweredModel
 from edgec.plan.arena import Plan
 
@@ -165,7 +165,7 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray]
 
 
 def _prototype(kernels_c: str, name: str) -> str:
-    m = re.search(rf"^void {re.escape(name)}\([^)]*\)", kernels_c, re.M)
+    m = re.search(rf"^void {re.escape(name)}\([^)]*\)", kernels_c, re.MULTILINE)
     if m is None:
         raise AssertionError(f"kernel {name} not found in the emitted C")
     return m.group(0)

@@ -26,19 +26,19 @@ class Arg:
     readonly: bool = True
 
     @staticmethod
-    def input(tid: int) -> "Arg":
+    def input(tid: int) -> Arg:
         return Arg("tensor", tensor=tid)
 
     @staticmethod
-    def output(tid: int) -> "Arg":
+    def output(tid: int) -> Arg:
         return Arg("tensor", tensor=tid, readonly=False)
 
     @staticmethod
-    def const(array: np.ndarray) -> "Arg":
+    def const(array: np.ndarray) -> Arg:
         return Arg("const", array=np.ascontiguousarray(array))
 
     @staticmethod
-    def scratch(nbytes: int) -> "Arg":
+    def scratch(nbytes: int) -> Arg:
         return Arg("scratch", scratch_bytes=nbytes, readonly=False)
 
 

@@ -50,13 +50,13 @@ def _decompose_reductions(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def _reduction_blocks(sch: "s_tir.Schedule") -> list:
+def _reduction_blocks(sch: s_tir.Schedule) -> list:
     """Templates name their reduction blocks "acc", "acc1", ... by convention."""
     found = []
     for name in ["acc"] + [f"acc{i}" for i in range(1, 8)]:
         try:
             found.append(sch.get_sblock(name))
-        except Exception:  # noqa: BLE001 - TVM raises its own error types for a missing block
+        except Exception:  # noqa: BLE001, S112 - TVM raises its own error types for a missing block
             continue
     return found
 
@@ -97,7 +97,7 @@ def _clean(src: str, readonly: dict[str, list[str]]) -> str:
         if skip_next:
             skip_next = False
             continue
-        if s.startswith("#include \"tvm/") or s.startswith("#define TVM_EXPORTS") or s.startswith("// tvm target"):
+        if s.startswith(("#include \"tvm/", "#define TVM_EXPORTS", "// tvm target")):
             continue
         if s.startswith("void* __tvm_ffi__library_ctx"):
             continue
@@ -116,4 +116,19 @@ def _clean(src: str, readonly: dict[str, list[str]]) -> str:
         for p in params:
             text = re.sub(rf"(\b{name}\([^)]*?)\b(\w+_t|float)\* {p}\b", rf"\1const \2* {p}", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip() + "\n"
+    return _mark_unused_params(text.strip() + "\n")
+
+
+def _mark_unused_params(text: str) -> str:
+    """Add `(void)p;` for parameters a kernel never reads (its result folded to a constant), so the C
+    stays clean under -Wall -Wextra -Werror."""
+    out = []
+    for func in re.split(r"(?m)^(?=void )", text):
+        m = re.match(r"void \w+\(([^)]*)\) \{\n", func)
+        if m:
+            body = func[m.end():]
+            names = [p.split("*")[-1].strip() for p in m.group(1).split(",") if p.strip()]
+            unused = [n for n in names if not re.search(rf"\b{re.escape(n)}\b", body)]
+            func = func[:m.end()] + "".join(f"  (void){n};\n" for n in unused) + body
+        out.append(func)
+    return "".join(out)

@@ -21,8 +21,8 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
             last.setdefault(t, step)
     for t in graph.outputs:
         last[t] = n
-    for t in first:
-        last.setdefault(t, first[t])
+    for t, step in first.items():
+        last.setdefault(t, step)
 
     # Union-find over tensors that share bytes.
     parent = {t: t for t in first}

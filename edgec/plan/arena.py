@@ -22,10 +22,10 @@ class Buffer:
     tensors: list[int] = field(default_factory=list)
     offset: int = -1
 
-    def overlaps_in_time(self, other: "Buffer") -> bool:
+    def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
 
-    def overlaps_in_space(self, other: "Buffer") -> bool:
+    def overlaps_in_space(self, other: Buffer) -> bool:
         return self.offset < other.offset + other.size and other.offset < self.offset + self.size
 
 

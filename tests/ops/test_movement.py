@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_matches_tflm, random_inputs
 
 from edgec.errors import EdgecError
 from edgec.frontends.tflite_reader import parse_tflite
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.lower import lower_graph
 from edgec.oracle.tflm import run_tflm, run_tflm_batch
+from support import assert_matches_tflm, random_inputs
 
 
 class Model:
