@@ -27,16 +27,23 @@ def i64(x) -> tirx.PrimExpr:
     return tirx.Cast("int64", x)
 
 
-def srdhm(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
-    """SaturatingRoundingDoublingHighMul(a, b) for int32 a, b; the INT32_MIN*INT32_MIN case saturates."""
+def srdhm(a: tirx.PrimExpr, b: tirx.PrimExpr, *, b_never_min: bool = False) -> tirx.PrimExpr:
+    """SaturatingRoundingDoublingHighMul(a, b) for int32 a, b; the INT32_MIN*INT32_MIN case saturates.
+
+    b_never_min: the caller guarantees b != INT32_MIN (e.g. b is a QuantizeMultiplier result for a
+    positive real), so the saturation case cannot occur and its test is left out.
+    """
     def body(ab):
-        nudge = tirx.Select(ab >= tirx.const(0, "int64"), tirx.const(1 << 30, "int64"),
-                            tirx.const(1 - (1 << 30), "int64"))
-        # C integer division truncates toward zero, as gemmlowp's does.
-        high = i32(tirx.truncdiv(ab + nudge, tirx.const(1 << 31, "int64")))
-        if isinstance(b, tirx.IntImm) and b.value != INT32_MIN:
+        # gemmlowp divides (ab + nudge) by 2^31 truncating, nudge = 2^30 if ab >= 0 else 1 - 2^30. For
+        # ab < 0 the truncating quotient equals floor((ab + 1 - 2^30 + 2^31 - 1) / 2^31), so both signs
+        # reduce to floor((ab + 2^30) / 2^31): an add and an arithmetic shift (what gcc/clang do for >>
+        # of a negative int64, which edgec's C already relies on).
+        high = i32(tirx.shift_right(ab + tirx.const(1 << 30, "int64"), tirx.const(31, "int64")))
+        if b_never_min or (isinstance(b, tirx.IntImm) and b.value != INT32_MIN):
             return high
-        overflow = tirx.all(a == tirx.const(INT32_MIN, "int32"), b == tirx.const(INT32_MIN, "int32"))
+        # a == b == INT32_MIN is the only way to get a*b == 2^62. Not written as `a == INT32_MIN`:
+        # TVM 0.27's simplifier folds an int32 `x == -2^31` to False and would drop the saturation.
+        overflow = ab == tirx.const(1 << 62, "int64")
         return tirx.Select(overflow, tirx.const(INT32_MAX, "int32"), high)
 
     return let(i64(a) * i64(b), body, "ab")
@@ -47,7 +54,8 @@ def rounding_divide_by_pot(x: tirx.PrimExpr, exponent: tirx.PrimExpr) -> tirx.Pr
     one, zero = tirx.const(1, "int32"), tirx.const(0, "int32")
 
     def body(v, e):
-        mask = (one << e) - 1
+        # Built unsigned so exponent 31 does not shift into the int32 sign bit (gemmlowp uses 64 bits).
+        mask = i32((tirx.const(1, "uint32") << tirx.Cast("uint32", e)) - tirx.const(1, "uint32"))
         threshold = (mask >> 1) + tirx.Select(v < 0, one, zero)
         return (v >> e) + tirx.Select(tirx.bitwise_and(v, mask) > threshold, one, zero)
 

@@ -1,183 +1,490 @@
-"""CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (int8, per-channel or per-tensor weights).
+"""CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (int8 activations, int8 weights, int32 bias).
 
-Reference semantics: TFLM reference_integer_ops::ConvPerChannel / DepthwiseConvPerChannel /
-FullyConnected: acc = sum((x - x_zp) * (w - w_zp)) + bias, then MultiplyByQuantizedMultiplier
-per output channel, + y_zp, clamped to the fused activation range. Out-of-image taps are skipped
-(the same as padding with x_zp).
+Reference semantics (TFLite Micro, double rounding):
+
+- CONV_2D: reference_integer_ops::ConvPerChannel (used for per-tensor weights too).
+  acc = sum over in-image taps of (x - x_zp) * w (the weights' zero point is ignored), + bias, then
+  MultiplyByQuantizedMultiplier with the output channel's (multiplier, shift), + y_zp, clamped to the
+  fused activation range. Out-of-image taps are skipped. Grouped convolution (filter depth C / G)
+  reads input channels g * C/G ... for the output channels of group g (filters_per_group = OC / G).
+- DEPTHWISE_CONV_2D: reference_integer_ops::DepthwiseConvPerChannel: output channel c * DM + m reads
+  input channel c; weights (1, KH, KW, OC), quantized along dimension 3.
+- FULLY_CONNECTED: reference_integer_ops::FullyConnected (per-tensor weights: (x - x_zp) * (w - w_zp))
+  or FullyConnectedPerChannel (per-channel weights: the weights' zero point is ignored). Batches are
+  all leading dimensions flattened (keep_num_dims only changes the output's shape).
+
+Prepare-time constants (conv_common.cc / depthwise_conv_common.cc CalculateOpData* ->
+kernel_util.cc PopulateConvolutionQuantizationParams; fully_connected_common.cc
+CalculateOpDataFullyConnected):
+- conv, depthwise and per-channel FC: real = double(s_x) * double(s_w[c]) / double(s_y);
+- per-tensor FC (GetQuantizedConvolutionMultipler): real = double(float(s_x * s_w)) / double(s_y),
+  i.e. the product is rounded to float32 first. Both then go through QuantizeMultiplier.
+- padding: ComputePaddingHeightWidth (padding before = total // 2, output size from the padding type).
+
+Equivalent rewrites used for speed (exact modulo 2^32, which is what TFLM's int32 accumulation gives):
+- with constant weights, sum((x - x_zp) * w) = sum(x * w) - x_zp * sum(w): windows that lie fully
+  inside the image accumulate x * w from a bias pre-adjusted by -x_zp * sum(w) (computed here,
+  wrapped to int32). Windows that touch the padding (only when there is padding) take a second path
+  that skips out-of-image rows and columns with guards outside the channel loop;
+- conv (one group) and FC compute 4 output channels per pass, so each input byte is loaded once per
+  4 MACs; a window row (KW * C bytes with dilation 1) is one contiguous inner loop;
+- the bias is added to the sum through uint32 (no signed overflow in C, same bits as TFLM's int32
+  wrap-around); sums that could leave int32 (more than 65793 taps) accumulate in uint32 likewise;
+- the per-channel table holds right-shift amounts when no channel shifts left, and a shift shared by
+  all channels is a C constant.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from tvm import tirx
 from tvm.script import tirx as T
 
 from edgec.errors import EdgecError
-from edgec.ir.graph import Graph, Op
-from edgec.lower.fixedpoint import clamp, multiply_by_quantized_multiplier
+from edgec.ir.graph import Graph, Op, Tensor
+from edgec.lower.fixedpoint import clamp, i32, i64, let, rounding_divide_by_pot, srdhm
 from edgec.lower.kernel import Arg, LoweredOp
-from edgec.lower.qparams import activation_range, per_channel_multipliers, same_padding
+from edgec.lower.qparams import activation_range, quantize_multiplier, same_padding
+
+# Tap loops of at most this many iterations are unrolled (constant offsets, no loop overhead).
+_UNROLL_TAPS = 16
+# Output channels computed together in the contiguous-row conv and FC loops: 4 accumulators, the 4
+# weight loads and the shared input byte fit the Cortex-M4's registers.
+_OC_BLOCK = 4
+# The largest int32 accumulator value.
+_ACC_LIMIT = 2**31 - 1
 
 
-def _check_int8(graph: Graph, op: Op, n_quantized: int = 2) -> None:
-    for tid in op.inputs[:n_quantized] + op.outputs:
-        t = graph.t(tid)
+def _fail(graph: Graph, op: Op, found: str, supported: str) -> EdgecError:
+    return EdgecError(f"{graph.source}: {op.describe()}: {found}; supported: {supported}")
+
+
+# --- shared Prepare-time checks and constants ------------------------------------------------------
+
+
+def _check_tensors(graph: Graph, op: Op, w_rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    if len(op.inputs) < 2 or op.inputs[0] < 0 or op.inputs[1] < 0 or len(op.outputs) != 1:
+        raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs",
+                    "input, weights, optional bias; one output")
+    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    for role, t in (("input", x), ("output", y), ("weights", w)):
         if t.dtype != "int8" or t.quant is None:
-            raise EdgecError(f"{graph.source}: {op.describe()}: tensor '{t.name}' is {t.dtype}"
-                             f"{'' if t.quant else ' without quantization'}; supported: int8 quantized")
+            raise _fail(graph, op, f"{role} '{t.name}' is {t.dtype}{'' if t.quant else ' without quantization'}",
+                        "int8 quantized input, weights and output (float, int16 and hybrid models are not)")
+    for role, t in (("input", x), ("output", y)):
+        if t.quant.per_axis:
+            raise _fail(graph, op, f"{role} '{t.name}' has per-axis quantization", f"per-tensor {role} quantization")
+    if len(w.shape) != w_rank:
+        raise _fail(graph, op, f"weights '{w.name}' have shape {list(w.shape)}", f"rank-{w_rank} weights")
+    return x, w, y
 
 
-def _bias(graph: Graph, op: Op, channels: int) -> Arg:
-    if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        b = graph.t(op.inputs[2])
-        if b.dtype != "int32" or not b.is_const:
-            raise EdgecError(f"{graph.source}: {op.describe()}: bias '{b.name}' is {b.dtype}; supported: const int32")
-        return Arg.input(op.inputs[2])
-    return Arg.const(np.zeros(channels, np.int32))
+def _bias(graph: Graph, op: Op, channels: int) -> np.ndarray | None:
+    """The constant int32 bias (None when absent)."""
+    if len(op.inputs) < 3 or op.inputs[2] < 0:
+        return None
+    b = graph.t(op.inputs[2])
+    if b.dtype != "int32" or not b.is_const:
+        raise _fail(graph, op, f"bias '{b.name}' is {'a constant ' if b.is_const else 'a non-constant '}{b.dtype}",
+                    "a constant int32 bias (int64 bias is for int16 activations)")
+    if b.size != channels:
+        raise _fail(graph, op, f"bias '{b.name}' has {b.size} values for {channels} output channels",
+                    "one bias value per output channel")
+    return b.data.reshape(-1).astype(np.int64)
 
 
-def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, XZP, YZP, LO, HI):
+def _weight_scales(graph: Graph, op: Op, w: Tensor, channels: int) -> np.ndarray:
+    scales = np.asarray(w.quant.scale, np.float32)
+    if len(scales) not in (1, channels):
+        raise _fail(graph, op, f"weights '{w.name}' have {len(scales)} scales for {channels} output channels",
+                    "one scale (per-tensor) or one per output channel")
+    return scales
+
+
+def _multipliers(real: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(r) for r in real]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+
+def _conv_multipliers(x: Tensor, w_scales: np.ndarray, y: Tensor, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """PopulateConvolutionQuantizationParams: double(s_x) * double(s_w) / double(s_y) per channel."""
+    sx, sy = float(np.float32(x.scale)), float(np.float32(y.scale))
+    ws = [float(w_scales[c if len(w_scales) > 1 else 0]) for c in range(channels)]
+    return _multipliers([sx * s / sy for s in ws])
+
+
+def _wrap32(v: np.ndarray) -> np.ndarray:
+    return ((np.asarray(v, np.int64) + 2**31) % 2**32 - 2**31).astype(np.int64)
+
+
+class _Requant:
+    """Per-channel requantization constants packed into one int32 table, and the TIR that applies them.
+
+    Table layout: multipliers [OC], then (only if the shifts differ between channels) shifts [OC],
+    then the bias sections the kernel asks for. A shift shared by all channels is a C constant; when
+    no channel shifts left, the table holds right-shift amounts and the left-shift code is left out.
+    """
+
+    def __init__(self, mult: np.ndarray, shift: np.ndarray, yzp: int, lo: int, hi: int) -> None:
+        self.oc = len(mult)
+        self.yzp, self.lo, self.hi = yzp, lo, hi
+        self.sections = [mult.astype(np.int64)]
+        self.uniform_shift = int(shift[0]) if np.all(shift == shift[0]) else None
+        self.right_only = bool(np.all(shift <= 0))
+        # SRDHM's INT32_MIN * INT32_MIN saturation needs a multiplier of INT32_MIN (only from a negative
+        # scale); without one its test is left out.
+        self.never_min = bool(np.all(mult != -(2**31)))
+        if self.uniform_shift is None:
+            self.sections.append(-shift if self.right_only else shift)
+
+    def add_section(self, values: np.ndarray) -> int:
+        """Append an int32 section (wrapped), return its offset in the table."""
+        self.sections.append(_wrap32(values))
+        return self.oc * (len(self.sections) - 1)
+
+    @property
+    def size(self) -> int:
+        return self.oc * len(self.sections)
+
+    def table(self) -> np.ndarray:
+        return np.concatenate(self.sections).astype(np.int32)
+
+    def expr(self, q, acc, bias_offset: int, oc) -> tirx.PrimExpr:
+        """int8 output for the (int32 or uint32) accumulator `acc` of output channel `oc` (`q`: the table)."""
+        # bias + acc in uint32: TFLM's int32 sum modulo 2^32 without signed overflow in C.
+        total = i32(tirx.Cast("uint32", acc) + tirx.Cast("uint32", q[bias_offset + oc]))
+        m = q[oc]
+        if self.uniform_shift is not None:
+            s = self.uniform_shift
+            left, right = max(s, 0), max(-s, 0)
+            shifted = total if left == 0 else i32(i64(total) * (1 << left))
+            scaled = srdhm(shifted, m, b_never_min=self.never_min)
+            if right:
+                scaled = rounding_divide_by_pot(scaled, right)
+        elif self.right_only:
+            scaled = rounding_divide_by_pot(srdhm(total, m, b_never_min=self.never_min), q[self.oc + oc])
+        else:
+            def general(sh):
+                shifted = i32(i64(total) * (tirx.const(1, "int64") << i64(tirx.max(sh, 0))))
+                return rounding_divide_by_pot(srdhm(shifted, m, b_never_min=self.never_min), tirx.max(-sh, 0))
+            scaled = let(q[self.oc + oc], general, "shift")
+        return T.Cast("int8", clamp(scaled + self.yzp, self.lo, self.hi))
+
+
+def _window(graph: Graph, op: Op, x: Tensor, y: Tensor, kh: int, kw: int) -> tuple[int, int, int, int, bool]:
+    """ComputePaddingHeightWidth: (OH, OW, pad top, pad left, any padding at all)."""
+    a = op.attrs
+    for k in ("stride_h", "stride_w", "dilation_h", "dilation_w"):
+        if a[k] < 1:
+            raise _fail(graph, op, f"{k} = {a[k]}", "strides and dilations >= 1")
+    oh, pt = same_padding(x.shape[1], kh, a["stride_h"], a["dilation_h"], a["padding"])
+    ow, pl = same_padding(x.shape[2], kw, a["stride_w"], a["dilation_w"], a["padding"])
+    if oh < 1 or ow < 1:
+        raise _fail(graph, op, f"a {kh}x{kw} filter (dilation {a['dilation_h']}x{a['dilation_w']}) larger than "
+                    f"the {x.shape[1]}x{x.shape[2]} input with {a['padding']} padding", "non-empty outputs")
+    want = (x.shape[0], oh, ow, y.shape[3] if len(y.shape) == 4 else -1)
+    if tuple(y.shape) != want:
+        raise _fail(graph, op, f"output '{y.name}' has shape {list(y.shape)} but the window gives "
+                    f"{[x.shape[0], oh, ow]} + channels", "output shapes as TFLite computes them")
+    # Windows reach outside the image only if there is padding before or after.
+    eff_h, eff_w = (kh - 1) * a["dilation_h"] + 1, (kw - 1) * a["dilation_w"] + 1
+    padded = pt > 0 or pl > 0 or (oh - 1) * a["stride_h"] + eff_h > x.shape[1] \
+        or (ow - 1) * a["stride_w"] + eff_w > x.shape[2]
+    return oh, ow, pt, pl, padded
+
+
+def _acc_dtype(taps: int) -> str:
+    """int32 accumulators when no sum of `taps` products |x * w| <= 255 * 128 can overflow (TFLM's own
+    int32 accumulator has the same limit); beyond that uint32, which wraps like TFLM's sum does in
+    practice without signed overflow in C."""
+    return "int32" if taps * 255 * 128 <= _ACC_LIMIT else "uint32"
+
+
+def _mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """acc + a * b with int32 a, b, in the accumulator's dtype."""
+    prod = a * b
+    return acc + (prod if str(acc.ty) == "int32" else tirx.Cast(str(acc.ty), prod))
+
+
+# --- templates ----------------------------------------------------------------------------------------
+
+
+def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
+                rq: _Requant):
+    """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
+    Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB."""
+    IC = C // G
+    FPG = OC // G
+    ACC = _acc_dtype(KH * KW * IC)
+    # With dilation 1 and one group, a window row's KW * C inputs are contiguous: one inner loop.
+    ROW = KW * IC if DW == 1 and G == 1 else 0
+    UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
+    OB = _OC_BLOCK
+
     @T.prim_func(s_tir=True)
-    def conv2d(x_p: T.handle("int8"), w_p: T.handle("int8"), b_p: T.handle("int32"),
-               m_p: T.handle("int32"), s_p: T.handle("int32"), y_p: T.handle("int8")):
+    def conv2d(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
         T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((N, H, W, C), "int8", data=x_p)
-        w = T.decl_buffer((OC, KH, KW, C), "int8", data=w_p)
-        b = T.decl_buffer((OC,), "int32", data=b_p)
-        m = T.decl_buffer((OC,), "int32", data=m_p)
-        s = T.decl_buffer((OC,), "int32", data=s_p)
-        y = T.decl_buffer((N, OH, OW, OC), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((N, OH, OW, OC), "int32")
-        for n, oh, ow, oc in T.grid(N, OH, OW, OC):
-            for kh, kw, ic in T.grid(KH, KW, C):
-                with T.sblock("acc"):
-                    vn, voh, vow, voc, vkh, vkw, vic = T.axis.remap("SSSSRRR", [n, oh, ow, oc, kh, kw, ic])
-                    with T.init():
-                        acc[vn, voh, vow, voc] = b[voc]
-                    acc[vn, voh, vow, voc] = acc[vn, voh, vow, voc] + T.if_then_else(
-                        0 <= voh * SH - PT + vkh * DH and voh * SH - PT + vkh * DH < H
-                        and 0 <= vow * SW - PL + vkw * DW and vow * SW - PL + vkw * DW < W,
-                        (T.Cast("int32", x[vn, voh * SH - PT + vkh * DH, vow * SW - PL + vkw * DW, vic]) - XZP) * T.Cast("int32", w[voc, vkh, vkw, vic]), 0)
-            with T.sblock("out"):
-                vn, voh, vow, voc = T.axis.remap("SSSS", [n, oh, ow, oc])
-                y[vn, voh, vow, voc] = T.Cast("int8", clamp(
-                    multiply_by_quantized_multiplier(acc[vn, voh, vow, voc], m[voc], s[voc]) + YZP, LO, HI))
+        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+        w = T.decl_buffer((OC * KH * KW * IC,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((OB,), ACC)
+        for n, oh, ow in T.grid(N, OH, OW):
+            if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
+                              and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
+                if ROW > 0:
+                    # OB output channels at a time: each input byte is loaded once for OB MACs.
+                    for ocb in range(OC // OB):
+                        for i in T.unroll(OB):
+                            acc[i] = 0
+                        for kh in range(KH):
+                            if UNROLL_ROW:
+                                for j in T.unroll(ROW):
+                                    for i in T.unroll(OB):
+                                        acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                              + ow * SW - PL) * C + j]) - XZP_IN,
+                                            T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
+                            else:
+                                for j in range(ROW):
+                                    for i in T.unroll(OB):
+                                        acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                              + ow * SW - PL) * C + j]) - XZP_IN,
+                                            T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
+                        for i in T.unroll(OB):
+                            y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
+                    for t in range(OC % OB):
+                        acc[0] = 0
+                        for kh, j in T.grid(KH, ROW):
+                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                  + ow * SW - PL) * C + j]) - XZP_IN,
+                                T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
+                        y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
+                else:
+                    for oc in range(OC):
+                        acc[0] = 0
+                        for kh, kw, ic in T.grid(KH, KW, IC):
+                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
+                                                                  + kw * DW) * C + oc // FPG * IC + ic]) - XZP_IN,
+                                T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
+                        y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc)
+            else:
+                # Blocks of OB output channels share each guard and input load (one group only).
+                for ocb in range(OC // OB if G == 1 else 0):
+                    for i in T.unroll(OB):
+                        acc[i] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    for ic in range(IC):
+                                        for i in T.unroll(OB):
+                                            acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                                  + ow * SW - PL + kw * DW) * C + ic])
+                                                               - XZP,
+                                                T.Cast("int32", w[(((ocb * OB + i) * KH + kh) * KW + kw) * IC + ic]))
+                    for i in T.unroll(OB):
+                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BB, ocb * OB + i)
+                for oc in range(OC - OC % OB if G == 1 else 0, OC):
+                    acc[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    for ic in range(IC):
+                                        acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                              + ow * SW - PL + kw * DW) * C
+                                                                             + oc // FPG * IC + ic]) - XZP,
+                                            T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
+                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BB, oc)
     return conv2d
 
 
-def depthwise_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, DM, XZP, YZP, LO, HI):
+def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
+                   rq: _Requant):
+    """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func."""
+    OC = C * DM
+    UNROLL = KH * KW <= _UNROLL_TAPS
+    ACC = _acc_dtype(KH * KW)
+
     @T.prim_func(s_tir=True)
-    def depthwise(x_p: T.handle("int8"), w_p: T.handle("int8"), b_p: T.handle("int32"),
-                  m_p: T.handle("int32"), s_p: T.handle("int32"), y_p: T.handle("int8")):
+    def depthwise(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
         T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((N, H, W, C), "int8", data=x_p)
-        w = T.decl_buffer((KH, KW, OC), "int8", data=w_p)
-        b = T.decl_buffer((OC,), "int32", data=b_p)
-        m = T.decl_buffer((OC,), "int32", data=m_p)
-        s = T.decl_buffer((OC,), "int32", data=s_p)
-        y = T.decl_buffer((N, OH, OW, OC), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((N, OH, OW, OC), "int32")
-        for n, oh, ow, oc in T.grid(N, OH, OW, OC):
-            for kh, kw in T.grid(KH, KW):
-                with T.sblock("acc"):
-                    vn, voh, vow, voc, vkh, vkw = T.axis.remap("SSSSRR", [n, oh, ow, oc, kh, kw])
-                    with T.init():
-                        acc[vn, voh, vow, voc] = b[voc]
-                    acc[vn, voh, vow, voc] = acc[vn, voh, vow, voc] + T.if_then_else(
-                        0 <= voh * SH - PT + vkh * DH and voh * SH - PT + vkh * DH < H
-                        and 0 <= vow * SW - PL + vkw * DW and vow * SW - PL + vkw * DW < W,
-                        (T.Cast("int32", x[vn, voh * SH - PT + vkh * DH, vow * SW - PL + vkw * DW, voc // DM]) - XZP) * T.Cast("int32", w[vkh, vkw, voc]), 0)
-            with T.sblock("out"):
-                vn, voh, vow, voc = T.axis.remap("SSSS", [n, oh, ow, oc])
-                y[vn, voh, vow, voc] = T.Cast("int8", clamp(
-                    multiply_by_quantized_multiplier(acc[vn, voh, vow, voc], m[voc], s[voc]) + YZP, LO, HI))
+        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+        w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((1,), ACC)
+        for n, oh, ow in T.grid(N, OH, OW):
+            if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
+                              and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
+                for c, m in T.grid(C, DM):
+                    acc[0] = 0
+                    if UNROLL:
+                        for kh in T.unroll(KH):
+                            for kw in T.unroll(KW):
+                                acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                      + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
+                                    T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                    else:
+                        for kh, kw in T.grid(KH, KW):
+                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                  + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
+                                T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                    y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m)
+            else:
+                for c, m in T.grid(C, DM):
+                    acc[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL + kw * DW) * C + c]) - XZP,
+                                        T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                    y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m)
     return depthwise
 
 
-def fully_connected_func(B, K, OC, XZP, WZP, YZP, LO, HI):
+def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: _Requant):
+    """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI."""
+    OB = _OC_BLOCK
+    ACC = _acc_dtype(K)
+
     @T.prim_func(s_tir=True)
-    def fully_connected(x_p: T.handle("int8"), w_p: T.handle("int8"), b_p: T.handle("int32"),
-                        m_p: T.handle("int32"), s_p: T.handle("int32"), y_p: T.handle("int8")):
+    def fully_connected(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
+                        y_p: T.handle("int8")):
         T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((B, K), "int8", data=x_p)
-        w = T.decl_buffer((OC, K), "int8", data=w_p)
-        b = T.decl_buffer((OC,), "int32", data=b_p)
-        m = T.decl_buffer((OC,), "int32", data=m_p)
-        s = T.decl_buffer((OC,), "int32", data=s_p)
-        y = T.decl_buffer((B, OC), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((B, OC), "int32")
-        for i, oc in T.grid(B, OC):
-            for k in range(K):
-                with T.sblock("acc"):
-                    vi, voc, vk = T.axis.remap("SSR", [i, oc, k])
-                    with T.init():
-                        acc[vi, voc] = 0
-                    acc[vi, voc] = acc[vi, voc] + (T.Cast("int32", x[vi, vk]) - XZP) * (
-                        T.Cast("int32", w[voc, vk]) - WZP)
-            with T.sblock("out"):
-                vi, voc = T.axis.remap("SS", [i, oc])
-                y[vi, voc] = T.Cast("int8", clamp(
-                    multiply_by_quantized_multiplier(acc[vi, voc] + b[voc], m[voc], s[voc]) + YZP, LO, HI))
+        x = T.decl_buffer((B * K,), "int8", data=x_p)
+        w = T.decl_buffer((OC * K,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        y = T.decl_buffer((B * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((OB,), ACC)
+        for b in range(B):
+            for ocb in range(OC // OB):
+                for i in T.unroll(OB):
+                    acc[i] = 0
+                for k in range(K):
+                    for i in T.unroll(OB):
+                        acc[i] = _mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                            (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
+                for i in T.unroll(OB):
+                    y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
+            for t in range(OC % OB):
+                acc[0] = 0
+                for k in range(K):
+                    acc[0] = _mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                        (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
+                y[b * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
     return fully_connected
 
 
-def _window(graph: Graph, op: Op, x, kh: int, kw: int):
-    a = op.attrs
-    oh, pt = same_padding(x.shape[1], kh, a["stride_h"], a["dilation_h"], a["padding"])
-    ow, pl = same_padding(x.shape[2], kw, a["stride_w"], a["dilation_w"], a["padding"])
-    return oh, ow, pt, pl
+def fill_func(SIZE, VALUE):
+    """The fused activation range is a single value: every output is that value."""
+
+    @T.prim_func(s_tir=True)
+    def fill(y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        y = T.decl_buffer((SIZE,), "int8", data=y_p)
+        for i in range(SIZE):
+            y[i] = T.int8(VALUE)
+    return fill
+
+
+# --- lowering functions ---------------------------------------------------------------------------------
+
+
+def _lowered(op: Op, y: Tensor, rq: _Requant, func, kind: str) -> LoweredOp:
+    if rq.lo == rq.hi:
+        # The simplifier would drop every use of the inputs, leaving unused C parameters.
+        return LoweredOp(op, fill_func(y.size, rq.lo), [Arg.output(op.outputs[0])], kind="fill")
+    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind=kind)
+
+
+def _bias_sections(rq: _Requant, bias: np.ndarray | None, wsum: np.ndarray | None, xzp: int,
+                   padded: bool) -> tuple[int, int, int]:
+    """Add the bias sections; returns (XZP inside the interior loop, interior section, border section)."""
+    plain = bias if bias is not None else np.zeros(rq.oc, np.int64)
+    if wsum is None:  # weights not constant: nothing to fold
+        bi = rq.add_section(plain)
+        return xzp, bi, bi
+    bi = rq.add_section(plain - xzp * wsum)
+    bb = rq.add_section(plain) if padded else bi
+    return 0, bi, bb
 
 
 def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
-    _check_int8(graph, op)
-    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    x, w, y = _check_tensors(graph, op, 4)
+    if len(x.shape) != 4 or len(y.shape) != 4:
+        raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
     n, h, wd, c = x.shape
-    oc, kh, kw, wc = w.shape
-    if wc != c:
-        raise EdgecError(f"{graph.source}: {op.describe()}: grouped convolution ({c} input channels, filter has "
-                         f"{wc}) is not supported")
-    oh, ow, pt, pl = _window(graph, op, x, kh, kw)
+    oc, kh, kw, ic = w.shape
+    if ic < 1 or c % ic or oc % (c // ic) or y.shape[3] != oc:
+        raise _fail(graph, op, f"input with {c} channels, filter {list(w.shape)}, output with {y.shape[3]} channels",
+                    "filter depth dividing the input depth (groups) and output channels = filters, a multiple "
+                    "of the groups")
+    groups = c // ic
+    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
-    lo, hi = activation_range(a["activation"], y)
-    mult, shift = per_channel_multipliers(x, w, y, oc)
+    bias = _bias(graph, op, oc)
+    mult, shift = _conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    rq = _Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
+    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
     func = conv2d_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                       a["dilation_w"], pt, pl, x.zero_point, y.zero_point, lo, hi)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), _bias(graph, op, oc), Arg.const(mult),
-            Arg.const(shift), Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="conv2d")
+                       a["dilation_w"], pt, pl, groups, padded, xzp_in, x.zero_point, bi, bb, rq)
+    return _lowered(op, y, rq, func, "conv2d")
 
 
 def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
-    _check_int8(graph, op)
-    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    x, w, y = _check_tensors(graph, op, 4)
+    if len(x.shape) != 4 or len(y.shape) != 4:
+        raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
     n, h, wd, c = x.shape
-    _, kh, kw, oc = w.shape
-    dm = oc // c
-    oh, ow, pt, pl = _window(graph, op, x, kh, kw)
+    one, kh, kw, oc = w.shape
+    dm = op.attrs.get("depth_multiplier", 0)
+    if one != 1 or oc != c * dm or y.shape[3] != oc:
+        raise _fail(graph, op, f"input with {c} channels, filter {list(w.shape)}, depth_multiplier {dm}, output "
+                    f"with {y.shape[3]} channels", "filter (1, KH, KW, C * depth_multiplier) matching the output")
+    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
-    lo, hi = activation_range(a["activation"], y)
-    mult, shift = per_channel_multipliers(x, w, y, oc)
-    func = depthwise_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                          a["dilation_w"], pt, pl, dm, x.zero_point, y.zero_point, lo, hi)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), _bias(graph, op, oc), Arg.const(mult),
-            Arg.const(shift), Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="depthwise")
+    bias = _bias(graph, op, oc)
+    mult, shift = _conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    rq = _Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
+    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
+    func = depthwise_func(n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
+                          a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb, rq)
+    return _lowered(op, y, rq, func, "depthwise")
 
 
 def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
-    _check_int8(graph, op)
-    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    x, w, y = _check_tensors(graph, op, 2)
     oc, k = w.shape
-    if x.size % k:
-        raise EdgecError(f"{graph.source}: {op.describe()}: input size {x.size} is not a multiple of the weights' "
-                         f"{k} columns")
+    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
+        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
+                    "input size a multiple of the weights' columns, output (..., output channels)")
     batches = x.size // k
-    lo, hi = activation_range(op.attrs["activation"], y)
-    mult, shift = per_channel_multipliers(x, w, y, oc)
-    wzp = int(w.quant.zero_point[0]) if not w.quant.per_axis else 0
-    func = fully_connected_func(batches, k, oc, x.zero_point, wzp, y.zero_point, lo, hi)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), _bias(graph, op, oc), Arg.const(mult),
-            Arg.const(shift), Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="fully_connected")
+    scales = _weight_scales(graph, op, w, oc)
+    bias = _bias(graph, op, oc)
+    if len(scales) > 1:
+        # FullyConnectedPerChannel: per-channel scales, the weights' zero point is not applied.
+        mult, shift = _conv_multipliers(x, scales, y, oc)
+        wzp = 0
+    else:
+        # GetQuantizedConvolutionMultipler: the scale product is a float32 product.
+        real = float(np.float32(x.scale) * np.float32(scales[0])) / float(np.float32(y.scale))
+        mult, shift = _multipliers([real] * oc)
+        wzp = int(w.quant.zero_point[0])
+    rq = _Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
+    if w.is_const:
+        # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
+        wsum = (w.data.astype(np.int64) - wzp).sum(1)
+        xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
+    else:
+        xzp_in, bi, _ = _bias_sections(rq, bias, None, x.zero_point, False)
+    func = fully_connected_func(batches, k, oc, xzp_in, wzp, bi, rq)
+    return _lowered(op, y, rq, func, "fully_connected")
 
 
 LOWERINGS = {
