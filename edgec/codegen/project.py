@@ -104,21 +104,8 @@ def _runtime_dirs(target: dict) -> dict[str, Path]:
     files must not go to runtime/ itself: the runner compiles runtime/*.c into every host and firmware build.
     """
     runtime = REPO_ROOT / "runtime_c"
-    dirs = {}
-    if (runtime / "harness").is_dir():
-        dirs["runtime/harness"] = runtime / "harness"
-    # write_atomically copies whole folders, and the two semihosting files sit at the top of runtime_c/
-    # (beside harness/ and boards/): stage them once per process in a temporary folder removed at exit.
-    staged = getattr(_runtime_dirs, "semihost_dir", None)
-    if staged is None or not staged.is_dir():
-        import atexit
-
-        staged = Path(tempfile.mkdtemp(prefix="edgec_semihost_"))
-        atexit.register(shutil.rmtree, staged, True)
-        for name in ("edgec_semihost.h", "edgec_semihost.c"):
-            shutil.copy2(runtime / name, staged / name)
-        _runtime_dirs.semihost_dir = staged  # type: ignore[attr-defined]
-    dirs["runtime/semihost"] = staged
+    dirs = {"runtime/harness": runtime / "harness"}
+    dirs["runtime/semihost"] = runtime / "semihost"
     board = target.get("board")
     if board and (runtime / "boards" / board).is_dir():
         dirs[f"runtime/boards/{board}"] = runtime / "boards" / board

@@ -127,7 +127,7 @@ def _project_sources(project_dir: Path) -> tuple[list[Path], list[str]]:
     if not (project_dir / "include" / "edgec_model.h").is_file():
         raise ToolchainError(f"{project_dir} is not a generated edgec project (no include/edgec_model.h)")
     sources = sorted((project_dir / "src").glob("*.c")) + sorted((project_dir / "runtime").glob("*.c"))
-    includes = [f"-I{project_dir / 'include'}", f"-I{RUNTIME_C}"]
+    includes = [f"-I{project_dir / 'include'}", f"-I{RUNTIME_C / 'semihost'}"]
     if (project_dir / "runtime").is_dir():
         includes.append(f"-I{project_dir / 'runtime'}")
     return sources, includes
@@ -167,7 +167,7 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path) ->
     cmd = [
         _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
         "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
-        RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "edgec_semihost.c",
+        RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "semihost" / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
         f"-T{board / 'link.ld'}", f"-Wl,-Map={work_dir / 'firmware.map'}", *ldflags, "-lm", "-o", elf,
     ]
