@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgec.frontends.tflite_reader import parse_tflite
+from edgec.cli.verify import random_input_sets
+from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.pipeline import build
 from edgec.toolchain.runner import build_host, run_host
@@ -25,21 +27,33 @@ def shared_model(rel: str) -> Path:
 
 
 def random_inputs(model: bytes, n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """`n` input sets covering each input dtype's full range (float inputs: within +-4 x scale-ish)."""
-    graph = parse_tflite(model)
-    rng = np.random.default_rng(seed)
-    sets = []
-    for _ in range(n):
-        record = []
-        for tid in graph.inputs:
-            t = graph.t(tid)
-            if t.dtype == "float32":
-                record.append(rng.normal(0.0, 2.0, t.shape).astype(np.float32))
-            else:
-                info = np.iinfo(t.dtype)
-                record.append(rng.integers(info.min, info.max, t.shape, endpoint=True).astype(t.dtype))
-        sets.append(record)
-    return sets
+    """`n` input sets, as `edgec verify` draws them (full integer range; N(0, 2) for floats)."""
+    return random_input_sets(model, n, seed)
+
+
+@dataclass
+class ModelBuilder:
+    """Accumulates independent ops into one model (one build and one TFLM run check many cases);
+    non-constant op inputs become graph inputs, every op output a graph output."""
+
+    tensors: list[WTensor] = field(default_factory=list)
+    ops: list[WOp] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+
+    def add(self, t: WTensor) -> int:
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def op(self, name: str, ins: list[int], out: int, options: dict | None = None) -> None:
+        self.ops.append(WOp(name, ins, [out], options or {}))
+        for i in ins:
+            if i >= 0 and self.tensors[i].data is None and i not in self.inputs:
+                self.inputs.append(i)
+        self.outputs.append(out)
+
+    def build(self) -> bytes:
+        return write_tflite(self.tensors, self.ops, self.inputs, self.outputs)
 
 
 def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:

@@ -17,7 +17,7 @@ from edgec.errors import EdgecError
 from edgec.frontends.tflite_reader import parse_tflite
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.lower.ops.nonlinear import LOWERINGS, hard_swish_params
-from tests.support import assert_matches_tflm, compile_run_host
+from support import assert_matches_tflm, compile_run_host
 
 
 @dataclass

@@ -6,8 +6,6 @@ one TFLM interpreter cover many parameter combinations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
@@ -16,33 +14,9 @@ from edgec.frontends.tflite_reader import parse_tflite
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.lower.ops.pool_arith import LOWERINGS, mean_multiplier
 from edgec.lower.qparams import same_padding
-from tests.support import assert_matches_tflm
+from support import ModelBuilder, assert_matches_tflm
 
 ACTIVATIONS = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
-
-
-@dataclass
-class ModelBuilder:
-    """Accumulates independent ops into one model; non-constant op inputs become graph inputs."""
-
-    tensors: list[WTensor] = field(default_factory=list)
-    ops: list[WOp] = field(default_factory=list)
-    inputs: list[int] = field(default_factory=list)
-    outputs: list[int] = field(default_factory=list)
-
-    def add(self, t: WTensor) -> int:
-        self.tensors.append(t)
-        return len(self.tensors) - 1
-
-    def op(self, name: str, ins: list[int], out: int, options: dict | None = None) -> None:
-        self.ops.append(WOp(name, ins, [out], options or {}))
-        for i in ins:
-            if self.tensors[i].data is None and i not in self.inputs:
-                self.inputs.append(i)
-        self.outputs.append(out)
-
-    def build(self) -> bytes:
-        return write_tflite(self.tensors, self.ops, self.inputs, self.outputs)
 
 
 def q8(name: str, shape: tuple, scale: float, zp: int, data: np.ndarray | None = None) -> WTensor:

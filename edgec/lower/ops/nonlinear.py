@@ -198,8 +198,9 @@ def _input_radius(int_bits: int, left_shift: int, total_bits: int = 31) -> int:
 _INT8_VALUES = range(-128, 128)
 
 
-def logistic_table(in_scale: float, in_zp: int) -> np.ndarray:
-    """reference_integer_ops::Logistic for every int8 input (output scale 1/256, zero point -128)."""
+def _sigmoid_like_table(in_scale: float, in_zp: int, q0_of, out_shift: int, out_offset: int) -> np.ndarray:
+    """Shared shape of reference_integer_ops::Logistic and ::Tanh: saturate outside the input radius,
+    else the gemmlowp Q0.15 result of `q0_of(x in Q4.27)` rescaled to int8."""
     multiplier, shift = _frexp_multiplier(float(np.float32(in_scale)) * float(1 << 27))
     radius = _input_radius(4, shift)
     out = []
@@ -210,26 +211,19 @@ def logistic_table(in_scale: float, in_zp: int) -> np.ndarray:
         elif x >= radius:
             out.append(127)
         else:
-            q0 = _logistic_q0(_mbqm(x, multiplier, shift), 4)
-            out.append(min(max(_rdbpot(q0, 23) - 128, -128), 127))
+            q0 = q0_of(_mbqm(x, multiplier, shift), 4)
+            out.append(min(max(_rdbpot(q0, out_shift) + out_offset, -128), 127))
     return np.array(out, np.int8)
+
+
+def logistic_table(in_scale: float, in_zp: int) -> np.ndarray:
+    """reference_integer_ops::Logistic for every int8 input (output scale 1/256, zero point -128)."""
+    return _sigmoid_like_table(in_scale, in_zp, _logistic_q0, 23, -128)
 
 
 def tanh_table(in_scale: float, in_zp: int) -> np.ndarray:
     """reference_integer_ops::Tanh for every int8 input (output scale 1/128, zero point 0)."""
-    multiplier, shift = _frexp_multiplier(float(np.float32(in_scale)) * float(1 << 27))
-    radius = _input_radius(4, shift)
-    out = []
-    for v in _INT8_VALUES:
-        x = v - in_zp
-        if x <= -radius:
-            out.append(-128)
-        elif x >= radius:
-            out.append(127)
-        else:
-            q0 = _tanh_q0(_mbqm(x, multiplier, shift), 4)
-            out.append(min(max(_rdbpot(q0, 24), -128), 127))
-    return np.array(out, np.int8)
+    return _sigmoid_like_table(in_scale, in_zp, _tanh_q0, 24, 0)
 
 
 def _downscale_to_int16(m: int) -> int:
