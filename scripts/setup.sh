@@ -4,7 +4,8 @@
 #     with --no-install-recommends (without it gcc-arm-none-eabi pulls a 1.5 GB C++ library), via sudo
 #     when not root;
 #  2. a virtualenv in .venv with the pinned Python packages from pyproject.toml, reinstalled only when
-#     pyproject.toml changes.
+#     pyproject.toml changes;
+#  3. the QEMU instruction-count plugin (edgec/toolchain/qemu_plugin), built with the host gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+# The QEMU instruction-count plugin is built with the host gcc once (cached, rebuilt when its source changes).
+.venv/bin/python -c "from edgec.toolchain.runner import insn_count_plugin; insn_count_plugin()"

@@ -80,6 +80,16 @@ def test_model_larger_than_flash(tmp_path):
     _assert_clean_failure(tmp_path, result, out, "flash", "4194304")
 
 
+def test_model_larger_than_ram(tmp_path):
+    # A 4.2 MB activation: more than the 4 MB RAM of the cortex-m4 (mps2-an386) target.
+    shape = (1, 4200, 1000, 1)
+    tensors = [WTensor("x", shape, "int8", scale=[0.1], zero_point=[0]),
+               WTensor("y", shape, "int8", scale=[0.1], zero_point=[0])]
+    model = write_tflite(tensors, [WOp("RELU", [0], [1], {})], [0], [1])
+    result, out = _build(tmp_path, model, target="cortex-m4")
+    _assert_clean_failure(tmp_path, result, out, "arena needs 4200000 bytes", "RAM")
+
+
 def test_unknown_target_and_missing_file(tmp_path):
     result, out = _build(tmp_path, _fc_model(8, 4), target="z80")
     _assert_clean_failure(tmp_path, result, out, "unknown target 'z80'", "cortex-m4")
