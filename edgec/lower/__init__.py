@@ -13,7 +13,7 @@ import tvm_ffi
 from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import Arg, LoweredOp
-from edgec.lower.ops import LOWERINGS
+from edgec.lower.ops import LOWERINGS, lowering_for
 from edgec.lower.tir_to_c import emit_c
 
 __all__ = ["Arg", "LoweredModel", "LoweredOp", "lower_graph"]
@@ -32,10 +32,11 @@ def lower_graph(graph: Graph) -> LoweredModel:
     """Lower every op, share identical kernels, and emit all kernels as one C source."""
     lowered = []
     for op in graph.ops:
-        if op.type not in LOWERINGS:
+        lower = lowering_for(graph, op)
+        if lower is None:
             raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "
                              f"{', '.join(sorted(LOWERINGS))})")
-        lowered.append(LOWERINGS[op.type](graph, op))
+        lowered.append(lower(graph, op))
 
     funcs: dict[str, tvm.tirx.PrimFunc] = {}
     readonly: dict[str, list[str]] = {}
