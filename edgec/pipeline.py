@@ -22,20 +22,60 @@ def tensor_spec(t: Tensor) -> dict:
     return spec
 
 
-def load_model(path: str | Path) -> tuple[Graph, bytes]:
+def load_model(path: str | Path, input_layout: str = "model") -> tuple[Graph, bytes]:
+    """Read a .tflite or .onnx model into the IR. `input_layout` ("model" or "nhwc") applies to ONNX."""
     path = Path(path)
     if not path.is_file():
         raise EdgecError(f"{path}: model file not found")
-    if path.suffix.lower() != ".tflite":
-        raise EdgecError(f"{path}: unsupported model format '{path.suffix}' (supported: .tflite)")
-    return read_tflite(path), path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return read_tflite(path), path.read_bytes()
+    if suffix == ".onnx":
+        from edgec.frontends.onnx_reader import read_onnx
+
+        return read_onnx(path, input_layout=input_layout), path.read_bytes()
+    raise EdgecError(f"{path}: unsupported model format '{path.suffix}' (supported: .tflite, .onnx)")
 
 
-def build(model_path: str | Path, target_name: str, out_dir: str | Path) -> dict:
+def is_float_graph(graph: Graph) -> bool:
+    """True when some op computes in float32 (not just QUANTIZE/DEQUANTIZE at the graph's edges)."""
+    return any(graph.t(o).dtype == "float32" for op in graph.ops if op.type != "DEQUANTIZE" for o in op.outputs)
+
+
+def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibration: str | None = None,
+                  method: str = "minmax", warn=print) -> tuple[Graph, dict | None]:
+    """Quantize a float graph to int8 (or keep it float with precision float32).
+
+    Returns the graph to compile and the quantization report (None when nothing was quantized).
+    """
+    if precision not in ("int8", "float32"):
+        raise EdgecError(f"unknown precision '{precision}' (supported: int8, float32)")
+    if precision == "float32" or not is_float_graph(graph):
+        return graph, None
+    from edgec.quantize import load_calibration, quantization_report, quantize_graph, random_calibration
+
+    if calibration is None:
+        raise EdgecError(f"{source}: this is a float model; quantizing it to int8 needs calibration samples: "
+                         "--calibration samples.npz|dir/ (or --calibration random to use random inputs, which "
+                         "gives poor ranges), or --precision float32 to keep float kernels")
+    if calibration == "random":
+        warn(f"warning: {source}: calibrating with random inputs: activation ranges (and accuracy) will not "
+             "match real data")
+        samples = random_calibration(graph, 32, seed=0)
+    else:
+        samples = load_calibration(calibration, graph)
+    qgraph = quantize_graph(graph, samples, method)
+    return qgraph, quantization_report(graph, qgraph, samples)
+
+
+def build(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
+          calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
+          warn=print) -> dict:
     """Compile `model_path` for `target_name` into `out_dir`; returns the build report."""
     start = time.perf_counter()
     target = load_target(target_name)
-    graph, model_bytes = load_model(model_path)
+    graph, model_bytes = load_model(model_path, input_layout)
+    graph, quant_report = prepare_graph(graph, str(model_path), precision, calibration, calibration_method, warn)
     lowered = lower_graph(graph)
     plan = plan_memory(graph, lowered.ops)
     report = {
@@ -43,6 +83,7 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path) -> dict
         "model": Path(model_path).name,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "target": target["name"],
+        "precision": "float32" if is_float_graph(graph) else "int8",
         "arena_bytes": plan.arena_bytes,
         "arena_lower_bound_bytes": plan.lower_bound_bytes,
         "weights_bytes": 0,
@@ -50,6 +91,8 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path) -> dict
         "outputs": [tensor_spec(graph.t(t)) for t in graph.outputs],
         "ops": _op_table(graph, lowered, plan),
     }
+    if quant_report is not None:
+        report["quantization"] = quant_report
     if plan.arena_bytes > target["ram_bytes"]:
         raise EdgecError(f"{model_path}: the arena needs {plan.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")

@@ -55,16 +55,37 @@ def _print_summary(report: dict) -> None:
     click.echo(f"ops:           {len(report['ops'])}")
 
 
+def model_options(func):
+    """Options shared by build and verify: how a float or ONNX model is turned into int8 C."""
+    for option in reversed([
+        click.option("--calibration", default=None, metavar="SAMPLES.npz|DIR|random",
+                     help="Calibration samples for quantizing a float model (required for float models "
+                          "unless --precision float32; 'random' uses random inputs and warns)."),
+        click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",
+                     show_default=True, help="How activation ranges are chosen from the calibration samples."),
+        click.option("--precision", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
+                     help="int8: quantize float models; float32: keep float kernels (FPU targets, comparison)."),
+        click.option("--input-layout", type=click.Choice(["model", "nhwc"]), default="model", show_default=True,
+                     help="ONNX: keep the model's input/output layout (NCHW) in the C API, or use NHWC."),
+    ]):
+        func = option(func)
+    return func
+
+
 @main.command("build")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", required=True, help="Target name (see `edgec targets`).")
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
-def build_cmd(model: Path, target: str, out_dir: Path, as_json: bool) -> None:
-    """Compile MODEL (.tflite) into a C project in OUTDIR (written atomically)."""
+def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
+              precision: str, input_layout: str, as_json: bool) -> None:
+    """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
-    report = build(model, target, out_dir)
+    report = build(model, target, out_dir, precision=precision, calibration=calibration,
+                   calibration_method=calibration_method, input_layout=input_layout,
+                   warn=lambda m: click.echo(f"edgec: {m}", err=True))
     if as_json:
         _emit_json(report)
         return
