@@ -52,12 +52,12 @@ def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibratio
         raise EdgecError(f"unknown precision '{precision}' (supported: int8, float32)")
     if precision == "float32" or not is_float_graph(graph):
         return graph, None
-    from edgec.quantize import load_calibration, quantization_report, quantize_graph, random_calibration
-
     if calibration is None:
         raise EdgecError(f"{source}: this is a float model; quantizing it to int8 needs calibration samples: "
                          "--calibration samples.npz|dir/ (or --calibration random to use random inputs, which "
                          "gives poor ranges), or --precision float32 to keep float kernels")
+    from edgec.quantize import load_calibration, quantization_report, quantize_graph, random_calibration
+
     if calibration == "random":
         warn(f"warning: {source}: calibrating with random inputs: activation ranges (and accuracy) will not "
              "match real data")
