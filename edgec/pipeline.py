@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edgec.codegen.project import render_project
 from edgec.errors import EdgecError
@@ -42,16 +45,25 @@ def is_float_graph(graph: Graph) -> bool:
     return any(graph.t(o).dtype == "float32" for op in graph.ops if op.type != "DEQUANTIZE" for o in op.outputs)
 
 
+@dataclass
+class BuildResult:
+    report: dict
+    source_graph: Graph  # the model as read (float for float models)
+    graph: Graph  # what was compiled (the int8 graph after quantization)
+    calibration: list[list[np.ndarray]] | None  # the samples used for quantization, if any
+
+
 def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibration: str | None = None,
-                  method: str = "minmax", warn=print) -> tuple[Graph, dict | None]:
+                  method: str = "minmax", warn=print) -> tuple[Graph, dict | None, list | None]:
     """Quantize a float graph to int8 (or keep it float with precision float32).
 
-    Returns the graph to compile and the quantization report (None when nothing was quantized).
+    Returns the graph to compile, the quantization report and the calibration samples (None when
+    nothing was quantized).
     """
     if precision not in ("int8", "float32"):
         raise EdgecError(f"unknown precision '{precision}' (supported: int8, float32)")
     if precision == "float32" or not is_float_graph(graph):
-        return graph, None
+        return graph, None, None
     if calibration is None:
         raise EdgecError(f"{source}: this is a float model; quantizing it to int8 needs calibration samples: "
                          "--calibration samples.npz|dir/ (or --calibration random to use random inputs, which "
@@ -65,17 +77,23 @@ def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibratio
     else:
         samples = load_calibration(calibration, graph)
     qgraph = quantize_graph(graph, samples, method)
-    return qgraph, quantization_report(graph, qgraph, samples)
+    return qgraph, quantization_report(graph, qgraph, samples), samples
 
 
-def build(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
-          calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
-          warn=print) -> dict:
+def build(model_path: str | Path, target_name: str, out_dir: str | Path, **options) -> dict:
     """Compile `model_path` for `target_name` into `out_dir`; returns the build report."""
+    return build_model(model_path, target_name, out_dir, **options).report
+
+
+def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
+                calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
+                warn=print) -> BuildResult:
+    """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs."""
     start = time.perf_counter()
     target = load_target(target_name)
-    graph, model_bytes = load_model(model_path, input_layout)
-    graph, quant_report = prepare_graph(graph, str(model_path), precision, calibration, calibration_method, warn)
+    source_graph, model_bytes = load_model(model_path, input_layout)
+    graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
+                                                 calibration_method, warn)
     lowered = lower_graph(graph)
     plan = plan_memory(graph, lowered.ops)
     report = {
@@ -104,7 +122,7 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path, precisi
     report["build_seconds"] = 0.0
     render_project(lowered, plan, Path(out_dir), model_bytes, Path(model_path).name, target, report)
     report["build_seconds"] = round(time.perf_counter() - start, 3)
-    return report
+    return BuildResult(report, source_graph, graph, samples)
 
 
 def _op_table(graph: Graph, lowered, plan) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgec.cli.verify import random_input_sets
+from edgec.cli.verify import random_input_sets_for_model
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.pipeline import build
@@ -28,7 +28,7 @@ def shared_model(rel: str) -> Path:
 
 def random_inputs(model: bytes, n: int, seed: int = 0) -> list[list[np.ndarray]]:
     """`n` input sets, as `edgec verify` draws them (full integer range; N(0, 2) for floats)."""
-    return random_input_sets(model, n, seed)
+    return random_input_sets_for_model(model, n, seed)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgec.cli.verify import random_input_sets, run_project
+from edgec.cli.verify import random_input_sets_for_model, run_project
 from edgec.errors import EdgecError
 from edgec.oracle.tflm import tflm_min_arena
 from edgec.pipeline import build
@@ -29,7 +29,7 @@ def run_bench(target: str, models_dir: Path | None, progress=print) -> dict:
             report = build(path, target, Path(tmp) / "project")
             build_s = time.perf_counter() - start
             progress(f"{name}: running under QEMU")
-            inputs = random_input_sets(path.read_bytes(), 1, seed=0)
+            inputs = random_input_sets_for_model(path.read_bytes(), 1, seed=0)
             _, measured = run_project(Path(tmp) / "project", report, inputs, "qemu", Path(tmp) / "work")
         progress(f"{name}: TFLite Micro minimal arena (bisection)")
         rows.append({

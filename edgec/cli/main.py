@@ -128,14 +128,24 @@ def _input_sets(files: tuple[Path, ...], specs: list[dict]) -> list[list[np.ndar
 @click.option("--target", "-t", required=True, help="Target name.")
 @click.option("--on", "on", type=click.Choice(["host", "qemu"]), default=None,
               help="Where to run: host (gcc) or qemu (firmware). Default: qemu for MCU targets, host for host.")
-@click.option("--inputs", "n_inputs", type=click.IntRange(0), default=20, show_default=True,
-              help="Number of random inputs.")
+@click.option("--inputs", "n_inputs", type=click.IntRange(0), default=None,
+              help="Number of random inputs [default: 20; 0 for float models, which are checked on their "
+                   "calibration samples].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--input", "input_files", multiple=True, type=click.Path(path_type=Path),
               help="Extra input .npy file(s), one per model input, checked besides the random ones.")
+@model_options
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int, seed: int, input_files, as_json: bool):
-    """Compare edgec's C output with the TFLite Micro interpreter (bit-exact). Exit 1 on a mismatch."""
+def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, seed: int, input_files,
+               calibration: str | None, calibration_method: str, precision: str, input_layout: str,
+               as_json: bool):
+    """Compare edgec's C output with the reference runtimes. Exit 1 when it does not pass.
+
+    int8 code must be bit-exact with TFLite Micro running the same int8 graph. Float and ONNX models are
+    also compared with their own runtime (onnxruntime / TFLite Micro float): SQNR, max abs error, top-1
+    agreement are reported; already-quantized ONNX must be within 1 output LSB of onnxruntime;
+    --precision float32 within a relative error of 1e-4.
+    """
     from edgec.cli.verify import verify
     from edgec.pipeline import load_model, tensor_spec
     from edgec.targets import load_target
@@ -144,24 +154,35 @@ def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int, seed: in
     on = on or ("qemu" if tgt.get("qemu_machine") else "host")
     if on == "qemu" and not tgt.get("qemu_machine"):
         raise EdgecError(f"target {target} cannot run under QEMU (use --on host)")
-    graph, _ = load_model(model)
+    graph, _ = load_model(model, input_layout)
     extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
-    if not extra and n_inputs == 0:
-        raise EdgecError("nothing to verify: --inputs 0 and no --input file")
-    result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json))
+    result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json), precision=precision,
+                    calibration=calibration, calibration_method=calibration_method, input_layout=input_layout)
     if as_json:
         _emit_json(result)
     else:
+        _print_verify(result, target)
+    sys.exit(0 if result["passed"] else 1)
+
+
+def _print_verify(result: dict, target: str) -> None:
+    where = f"{result['model']} on {target}/{result['on']} ({result['precision']}, {result['inputs']} inputs)"
+    if result["bitexact"] is not None:
         status = "BIT-EXACT" if result["bitexact"] else f"MISMATCH ({result['mismatches']} outputs differ)"
-        click.echo(f"{result['model']} on {target}/{on}: {status} over {result['inputs']} inputs")
-        click.echo(f"arena {result['arena_bytes']:,} B (lower bound {result['arena_lower_bound_bytes']:,} B), "
-                   f"weights {result['weights_bytes']:,} B")
-        if result["instructions_per_inference"] is not None:
-            click.echo(f"flash {result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B, "
-                       f"{result['instructions_per_inference']:,} instructions per inference (QEMU)")
-        if result["first_mismatch"]:
-            click.echo(f"first mismatch: {result['first_mismatch']}")
-    sys.exit(0 if result["bitexact"] else 1)
+        click.echo(f"{where}: {status} with TFLite Micro")
+    if result.get("sqnr_db", "absent") != "absent":
+        top1 = result["top1_agreement"]
+        click.echo(f"vs the source model: SQNR {result['sqnr_db']} dB, max abs error {result['max_abs_error']:.4g}"
+                   + (f", top-1 agreement {top1:.1%}" if top1 is not None else "")
+                   + (f", max {result['max_lsb_difference']} LSB" if "max_lsb_difference" in result else ""))
+    click.echo(f"arena {result['arena_bytes']:,} B (lower bound {result['arena_lower_bound_bytes']:,} B), "
+               f"weights {result['weights_bytes']:,} B")
+    if result["instructions_per_inference"] is not None:
+        click.echo(f"flash {result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B, "
+                   f"{result['instructions_per_inference']:,} instructions per inference (QEMU)")
+    if result["first_mismatch"]:
+        click.echo(f"first mismatch: {result['first_mismatch']}")
+    click.echo("PASS" if result["passed"] else "FAIL")
 
 
 def _read_report(out_dir: Path) -> dict:

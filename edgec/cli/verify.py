@@ -1,4 +1,11 @@
-"""`edgec verify`: build, run on the host or under QEMU, compare with the TFLite Micro interpreter."""
+"""`edgec verify`: build, run on the host or under QEMU, and compare with the reference runtimes.
+
+- int8 code (any model): bit-exact comparison with the TFLite Micro interpreter running the same int8
+  graph (the .tflite itself, or edgec's quantized graph exported to .tflite).
+- Models that were float or ONNX: accuracy against the source model's own runtime (onnxruntime for
+  ONNX, TFLite Micro's float kernels for float .tflite): SQNR, max abs error, top-1 agreement; for
+  already-quantized ONNX (QDQ/QOperator) the difference in output LSBs (at most 1 passes).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +14,43 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec.frontends.tflite_reader import parse_tflite
+from edgec.ir.graph import Graph
 from edgec.oracle.tflm import run_tflm_batch
-from edgec.pipeline import build
+from edgec.pipeline import build_model, is_float_graph
 from edgec.targets import load_target
 from edgec.toolchain.runner import build_firmware, build_host, elf_sizes, run_host, run_qemu
 
+FLOAT32_TOLERANCE = 1e-4  # max |C - reference| / max(|reference|) for --precision float32
 
-def random_input_sets(model_bytes: bytes, n: int, seed: int) -> list[list[np.ndarray]]:
-    """Uniform over the full integer range for integer inputs; N(0, 2) for float inputs."""
-    graph = parse_tflite(model_bytes)
+
+def random_input_sets(graph: Graph, n: int, seed: int,
+                      like: list[list[np.ndarray]] | None = None) -> list[list[np.ndarray]]:
+    """Integer inputs: uniform over the dtype's range. Float inputs: uniform over the range seen in `like`
+    (the calibration samples) when given, else N(0, 2)."""
     rng = np.random.default_rng(seed)
     sets = []
     for _ in range(n):
         record = []
-        for tid in graph.inputs:
+        for i, tid in enumerate(graph.inputs):
             t = graph.t(tid)
             if t.dtype == "float32":
-                record.append(rng.normal(0.0, 2.0, t.shape).astype(np.float32))
+                if like:
+                    lo = min(float(s[i].min()) for s in like)
+                    hi = max(float(s[i].max()) for s in like)
+                    record.append(rng.uniform(lo, hi, t.shape).astype(np.float32))
+                else:
+                    record.append(rng.normal(0.0, 2.0, t.shape).astype(np.float32))
             else:
                 info = np.iinfo(t.dtype)
                 record.append(rng.integers(info.min, info.max, t.shape, endpoint=True).astype(t.dtype))
         sets.append(record)
     return sets
+
+
+def random_input_sets_for_model(model_bytes: bytes, n: int, seed: int) -> list[list[np.ndarray]]:
+    from edgec.frontends.tflite_reader import parse_tflite
+
+    return random_input_sets(parse_tflite(model_bytes), n, seed)
 
 
 def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]], on: str,
@@ -47,36 +68,139 @@ def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]],
                      "instructions_per_inference": instructions}
 
 
-def verify(model: Path, target: str, on: str, n_inputs: int, seed: int,
-           extra_inputs: list[list[np.ndarray]], progress=print) -> dict:
-    model_bytes = Path(model).read_bytes()
-    input_sets = extra_inputs + random_input_sets(model_bytes, n_inputs, seed)
-    with tempfile.TemporaryDirectory(prefix="edgec_verify_") as tmp:
-        out_dir = Path(tmp) / "project"
-        progress(f"building {Path(model).name} for {target}")
-        report = build(model, target, out_dir)
-        progress(f"running {len(input_sets)} inputs on {on}")
-        got, measured = run_project(out_dir, report, input_sets, on, Path(tmp) / "work")
-    progress("running the TFLite Micro interpreter")
-    want = run_tflm_batch(model_bytes, input_sets)
-    mismatches, max_diff, first = 0, 0.0, None
+def _exact(got, want) -> tuple[int, dict | None]:
+    mismatches, first = 0, None
     for r, (g_rec, w_rec) in enumerate(zip(got, want)):
         for o, (g, w) in enumerate(zip(g_rec, w_rec)):
             w = np.asarray(w).reshape(g.shape)
             if not np.array_equal(g, w):
                 mismatches += 1
-                diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
-                max_diff = max(max_diff, float(diff.max()))
                 if first is None:
                     idx = tuple(int(i) for i in np.argwhere(g != w)[0])
                     first = {"input": r, "output": o, "index": list(idx), "edgec": g[idx].item(),
-                             "tflm": w[idx].item()}
+                             "reference": w[idx].item()}
+    return mismatches, first
+
+
+def accuracy(got, want) -> dict:
+    """SQNR (dB) of edgec's outputs against the reference, max abs error, and top-1 agreement of
+    class-score outputs (last axis >= 2)."""
+    sig = noise = 0.0
+    max_err = 0.0
+    agree = total = 0
+    for g_rec, w_rec in zip(got, want):
+        for g, w in zip(g_rec, w_rec):
+            g = g.astype(np.float64).reshape(-1, g.shape[-1] if g.ndim else 1)
+            w = np.asarray(w, np.float64).reshape(g.shape)
+            sig += float((w ** 2).sum())
+            noise += float(((g - w) ** 2).sum())
+            max_err = max(max_err, float(np.abs(g - w).max()))
+            if g.shape[-1] >= 2:
+                agree += int((g.argmax(-1) == w.argmax(-1)).sum())
+                total += g.shape[0]
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(max(sig, 1e-30) / noise)
+    return {"sqnr_db": round(sqnr, 2) if np.isfinite(sqnr) else None, "max_abs_error": max_err,
+            "top1_agreement": (agree / total) if total else None}
+
+
+def _onnx_reference(model: Path, sets, input_layout: str):
+    from edgec.oracle.onnxrt import run_onnxruntime
+
+    def to_nchw(a):
+        return a.transpose(0, 3, 1, 2) if input_layout == "nhwc" and a.ndim == 4 else a
+
+    outs = run_onnxruntime(model, [[to_nchw(x) for x in rec] for rec in sets])
+    return [[o.transpose(0, 2, 3, 1) if input_layout == "nhwc" and o.ndim == 4 else o for o in rec]
+            for rec in outs]
+
+
+def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
+           extra_inputs: list[list[np.ndarray]], progress=print, precision: str = "int8",
+           calibration: str | None = None, calibration_method: str = "minmax",
+           input_layout: str = "model") -> dict:
+    model = Path(model)
+    model_bytes = model.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="edgec_verify_") as tmp:
+        out_dir = Path(tmp) / "project"
+        progress(f"building {model.name} for {target}")
+        built = build_model(model, target, out_dir, precision=precision, calibration=calibration,
+                            calibration_method=calibration_method, input_layout=input_layout, warn=progress)
+        graph, report = built.graph, built.report
+        quantized = built.calibration is not None
+        # Float models are judged on their calibration set (real data); random inputs only on request.
+        samples = built.calibration if quantized and calibration != "random" else []
+        if n_inputs is None:
+            n_inputs = 0 if samples else 20
+        input_sets = list(extra_inputs) + list(samples) + random_input_sets(graph, n_inputs, seed, like=samples)
+        if not input_sets:
+            from edgec.errors import EdgecError
+
+            raise EdgecError("nothing to verify: --inputs 0 and no --input file")
+        progress(f"running {len(input_sets)} inputs on {on}")
+        got, measured = run_project(out_dir, report, input_sets, on, Path(tmp) / "work")
+
     result = {
-        "model": Path(model).name, "target": target, "on": on, "bitexact": mismatches == 0,
-        "inputs": len(input_sets), "mismatches": mismatches, "max_abs_diff": max_diff, "first_mismatch": first,
+        "model": model.name, "target": target, "on": on, "precision": report["precision"],
+        "inputs": len(input_sets), "bitexact": None, "mismatches": None, "first_mismatch": None,
         "arena_bytes": report["arena_bytes"], "arena_lower_bound_bytes": report["arena_lower_bound_bytes"],
         "weights_bytes": report["weights_bytes"], "flash_bytes": None, "ram_bytes": None,
         "instructions_per_inference": None,
     }
     result.update(measured)
+    passed = True
+    if not is_float_graph(graph):
+        progress("running the TFLite Micro interpreter on the same int8 graph")
+        if model.suffix.lower() == ".tflite" and not quantized:
+            tflm_model = model_bytes
+        else:
+            from edgec.oracle.ir_export import graph_to_tflite
+
+            tflm_model = graph_to_tflite(graph)
+        mismatches, first = _exact(got, run_tflm_batch(tflm_model, input_sets))
+        result.update(bitexact=mismatches == 0, mismatches=mismatches, first_mismatch=first)
+        passed = mismatches == 0
+    if model.suffix.lower() == ".onnx" or is_float_graph(built.source_graph):
+        progress("running the source model's reference runtime")
+        if model.suffix.lower() == ".onnx":
+            reference = _onnx_reference(model, input_sets, input_layout)
+        else:
+            reference = run_tflm_batch(model_bytes, input_sets)
+        result.update(accuracy(got, reference))
+        if report["precision"] == "float32":
+            scale = max(max(float(np.abs(w).max()) for w in rec) for rec in reference) or 1.0
+            result["relative_error"] = result["max_abs_error"] / scale
+            passed = passed and result["relative_error"] <= FLOAT32_TOLERANCE
+        elif not quantized:
+            # Already-quantized ONNX (QDQ/QOperator): compare in units of the output's LSB.
+            lsb = [o.get("lsb") for o in _output_lsbs(graph)]
+            result["max_lsb_difference"] = _max_lsb_diff(got, reference, lsb)
+            passed = passed and result["max_lsb_difference"] <= 1
+    if "quantization" in report:
+        result["quantization"] = report["quantization"]
+    result["passed"] = passed
     return result
+
+
+def _output_lsbs(graph: Graph) -> list[dict]:
+    """The quantization step of each graph output (the input scale of its DEQUANTIZE, or its own)."""
+    producer = {o: op for op in graph.ops for o in op.outputs}
+    lsbs = []
+    for tid in graph.outputs:
+        t = graph.t(tid)
+        op = producer.get(tid)
+        if t.quant is not None:
+            lsbs.append({"lsb": t.scale})
+        elif op is not None and op.type == "DEQUANTIZE" and graph.t(op.inputs[0]).quant is not None:
+            lsbs.append({"lsb": graph.t(op.inputs[0]).scale})
+        else:
+            lsbs.append({"lsb": None})
+    return lsbs
+
+
+def _max_lsb_diff(got, reference, lsbs) -> float:
+    worst = 0.0
+    for g_rec, w_rec in zip(got, reference):
+        for g, w, lsb in zip(g_rec, w_rec, lsbs):
+            diff = np.abs(g.astype(np.float64) - np.asarray(w, np.float64).reshape(g.shape))
+            worst = max(worst, float(diff.max()) / (lsb or 1.0))
+    return round(worst, 3)
