@@ -119,7 +119,21 @@ def _no_opts(op) -> dict:
     return {}
 
 
-# The ops edgec compiles, with their option readers.
+def _leaky_relu_opts(op) -> dict:
+    o = _table(op, tflite.LeakyReluOptions)
+    return {"alpha": float(o.Alpha()) if o else 0.0}  # TFLM leaves alpha zeroed without options
+
+
+def _transpose_conv_opts(op) -> dict:
+    o = _table(op, tflite.TransposeConvOptions)
+    if o is None:
+        raise ValueError("missing builtin options")
+    return {"padding": _PADDINGS[o.Padding()], "stride_h": o.StrideH(), "stride_w": o.StrideW(),
+            "activation": _act(o)}
+
+
+# The ops edgec reads, with their option readers (every one has a float reference; int8 and float32
+# kernels are chosen at lowering, which rejects what it cannot compile).
 OPTION_READERS = {
     "CONV_2D": lambda op: _conv_opts(op, tflite.Conv2DOptions, False),
     "DEPTHWISE_CONV_2D": lambda op: _conv_opts(op, tflite.DepthwiseConv2DOptions, True),
@@ -144,6 +158,12 @@ OPTION_READERS = {
     "HARD_SWISH": _no_opts,
     "STRIDED_SLICE": _strided_slice_opts,
     "TRANSPOSE": _no_opts,
+    "LEAKY_RELU": _leaky_relu_opts,
+    "PRELU": _no_opts,
+    "TRANSPOSE_CONV": _transpose_conv_opts,
+    "MAXIMUM": _no_opts,
+    "MINIMUM": _no_opts,
+    "DIV": _act_only(tflite.DivOptions),
 }
 SUPPORTED_OPS = tuple(OPTION_READERS)
 

@@ -60,6 +60,10 @@ OP_OPTIONS: dict[str, tuple[str, dict]] = {
     "STRIDED_SLICE": ("StridedSliceOptions", {}),
     "TRANSPOSE": ("TransposeOptions", {}),
     "LEAKY_RELU": ("LeakyReluOptions", {"alpha": 0.2}),
+    "TRANSPOSE_CONV": ("TransposeConvOptions", {"padding": "SAME", "stride_w": 1, "stride_h": 1}),
+    "DIV": ("DivOptions", {}),
+    "MAXIMUM": ("MaximumMinimumOptions", {}),
+    "MINIMUM": ("MaximumMinimumOptions", {}),
 }
 
 # Enum-valued option fields accept the enum member name as a string.
