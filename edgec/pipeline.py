@@ -77,7 +77,7 @@ def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibratio
     else:
         samples = load_calibration(calibration, graph)
     qgraph = quantize_graph(graph, samples, method)
-    return qgraph, quantization_report(graph, qgraph, samples), samples
+    return qgraph, quantization_report(graph, qgraph, samples, method=method), samples
 
 
 def build(model_path: str | Path, target_name: str, out_dir: str | Path, **options) -> dict:
