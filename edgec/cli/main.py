@@ -53,6 +53,13 @@ def _print_summary(report: dict) -> None:
     click.echo(f"arena bytes:   {report['arena_bytes']:,} (lower bound {lb:,})")
     click.echo(f"weights bytes: {report['weights_bytes']:,}")
     click.echo(f"ops:           {len(report['ops'])}")
+    q = report.get("quantization")
+    if q:
+        top1 = f", top-1 agreement {q['top1_agreement']:.1%}" if q.get("top1_agreement") is not None else ""
+        click.echo(f"quantization:  {q['method']} on {q['samples']} samples: SQNR {q['end_to_end_sqnr_db']} dB, "
+                   f"max abs error {q['max_abs_error']:.4g}{top1}")
+        for layer in q.get("layers", []):
+            click.echo(f"    {layer['type']:<18} {layer['sqnr_db']:>7} dB  {layer['name'][:60]}")
 
 
 def model_options(func):
