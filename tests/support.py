@@ -47,8 +47,9 @@ class ModelBuilder:
 
     def op(self, name: str, ins: list[int], out: int, options: dict | None = None) -> None:
         self.ops.append(WOp(name, ins, [out], options or {}))
+        produced = {o for op in self.ops[:-1] for o in op.outputs}
         for i in ins:
-            if i >= 0 and self.tensors[i].data is None and i not in self.inputs:
+            if i >= 0 and self.tensors[i].data is None and i not in self.inputs and i not in produced:
                 self.inputs.append(i)
         self.outputs.append(out)
 
@@ -56,12 +57,13 @@ class ModelBuilder:
         return write_tflite(self.tensors, self.ops, self.inputs, self.outputs)
 
 
-def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Build `model` with edgec for the host, compile it with gcc and run every input set."""
+def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]], **build_options) -> list[list[np.ndarray]]:
+    """Build `model` with edgec for the host (`build_options` as for `edgec.pipeline.build`, e.g.
+    precision="float32"), compile it with gcc and run every input set."""
     with tempfile.TemporaryDirectory(prefix="edgec_test_") as tmp:
         model_path = Path(tmp) / "model.tflite"
         model_path.write_bytes(model)
-        report = build(model_path, "host", Path(tmp) / "out")
+        report = build(model_path, "host", Path(tmp) / "out", **build_options)
         exe = build_host(Path(tmp) / "out", Path(tmp) / "work")
         specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
         return run_host(exe, input_sets, specs)

@@ -41,7 +41,8 @@ class ConstArray:
 def _c_literals(array: np.ndarray) -> str:
     flat = array.reshape(-1)
     if flat.dtype == np.float32:
-        items = [f"{float(v)!r}f" if np.isfinite(v) else "0.0f" for v in flat]
+        items = [f"{float(v)!r}f" if np.isfinite(v) else ("NAN" if np.isnan(v) else "-INFINITY" if v < 0 else "INFINITY")
+                 for v in flat]
     elif flat.dtype == np.int32:
         # INT32_MIN has no literal form in C.
         items = [str(int(v)) if v != -(2**31) else "(-2147483647 - 1)" for v in flat]

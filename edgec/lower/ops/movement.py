@@ -1,4 +1,4 @@
-"""Data movement: RESHAPE, SQUEEZE, PAD, CONCATENATION, STRIDED_SLICE and TRANSPOSE (int8).
+"""Data movement: RESHAPE, SQUEEZE, PAD, CONCATENATION, STRIDED_SLICE and TRANSPOSE (int8 and float32).
 
 No arithmetic happens here: every kernel is a compile-time index map, so "bit-exact with TFLM" means
 "the same elements in the same places, and the same models accepted". Each lowering repeats the checks
@@ -9,11 +9,14 @@ Reference semantics (tflite-micro):
 - RESHAPE (reshape_common.cc PrepareReshapeReference) and SQUEEZE (squeeze.cc SqueezePrepare/Eval):
   a byte copy to a tensor of the same size; here the output simply aliases the input.
 - PAD (pad_common.cc PadPrepare, reference_ops::PadImpl): up to 5-D, const int32 paddings, the pad value
-  is the output zero point (or the const `constant_values` input). Input bytes are copied unchanged,
-  whatever the input's quantization.
+  is the output zero point for int8, 0.0f for float32 (or the const `constant_values` input). Input
+  values are copied unchanged, whatever the input's quantization.
 - CONCATENATION (concatenation.cc ConcatenationPrepare, reference_ops::Concatenation): up to 10 inputs of
   up to 6 dimensions, no fused activation, and every int8 input must have exactly the output's scale and
   zero point (TFLM does not requantize): a pure copy.
+
+Every kernel takes one element dtype, int8 or float32 (all data tensors of the op must share it): the
+templates are dtype-generic copies, float values are moved bit for bit.
 - STRIDED_SLICE (strided_slice_common.cc StridedSlicePrepare/CheckOutputSize, reference_ops::StridedSlice
   with StridedSliceStartForAxis/StridedSliceEndForAxis): up to 4-D, const int32 begin/end/strides.
   TFLM ignores ellipsis_mask, new_axis_mask and offset, and so does this lowering.
@@ -46,16 +49,16 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # --- TIR templates ---------------------------------------------------------------------------------------
 
 
-def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple) -> tirx.PrimFunc:
+def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple, dtype: str = "int8") -> tirx.PrimFunc:
     """y[o0..o4] = x[BASE + sum(o_d * S_d)] over the output, x viewed flat (strides may be negative)."""
     O0, O1, O2, O3, O4 = OUT
     S0, S1, S2, S3, S4 = S
 
     @T.prim_func(s_tir=True)
-    def gather(x_p: T.handle("int8"), y_p: T.handle("int8")):
+    def gather(x_p: T.handle(dtype), y_p: T.handle(dtype)):
         T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((NX,), "int8", data=x_p)
-        y = T.decl_buffer((O0, O1, O2, O3, O4), "int8", data=y_p)
+        x = T.decl_buffer((NX,), dtype, data=x_p)
+        y = T.decl_buffer((O0, O1, O2, O3, O4), dtype, data=y_p)
         for i0, i1, i2, i3, i4 in T.grid(O0, O1, O2, O3, O4):
             with T.sblock("copy"):
                 v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
@@ -63,21 +66,22 @@ def gather_func(OUT: tuple, NX: int, BASE: int, S: tuple) -> tirx.PrimFunc:
     return gather
 
 
-def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: int) -> tirx.PrimFunc:
+def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: float, dtype: str = "int8") -> tirx.PrimFunc:
     """Fill y with PADV, then copy x into the window that starts at L (no per-element conditions)."""
     I0, I1, I2, I3, I4 = IN
     O0, O1, O2, O3, O4 = OUT
     L0, L1, L2, L3, L4 = L
+    value = tirx.const(PADV, dtype)
 
     @T.prim_func(s_tir=True)
-    def pad(x_p: T.handle("int8"), y_p: T.handle("int8")):
+    def pad(x_p: T.handle(dtype), y_p: T.handle(dtype)):
         T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((I0, I1, I2, I3, I4), "int8", data=x_p)
-        y = T.decl_buffer((O0, O1, O2, O3, O4), "int8", data=y_p)
+        x = T.decl_buffer((I0, I1, I2, I3, I4), dtype, data=x_p)
+        y = T.decl_buffer((O0, O1, O2, O3, O4), dtype, data=y_p)
         for i0, i1, i2, i3, i4 in T.grid(O0, O1, O2, O3, O4):
             with T.sblock("fill"):
                 v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
-                y[v0, v1, v2, v3, v4] = T.int8(PADV)
+                y[v0, v1, v2, v3, v4] = value
         for i0, i1, i2, i3, i4 in T.grid(I0, I1, I2, I3, I4):
             with T.sblock("copy"):
                 v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
@@ -85,16 +89,40 @@ def pad_func(IN: tuple, OUT: tuple, L: tuple, PADV: int) -> tirx.PrimFunc:
     return pad
 
 
-def concat_func(outer: int, sizes: list[int], inner: int) -> tirx.PrimFunc:
+def pad_table_func(IN: tuple, OUT: tuple, L: tuple, dtype: str) -> tirx.PrimFunc:
+    """pad_func with the pad value read from a one-element const table: TVM prints float constants with
+    7 significant digits, so a float pad value that needs more would change in the C."""
+    I0, I1, I2, I3, I4 = IN
+    O0, O1, O2, O3, O4 = OUT
+    L0, L1, L2, L3, L4 = L
+
+    @T.prim_func(s_tir=True)
+    def pad(x_p: T.handle(dtype), v_p: T.handle(dtype), y_p: T.handle(dtype)):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((I0, I1, I2, I3, I4), dtype, data=x_p)
+        v = T.decl_buffer((1,), dtype, data=v_p)
+        y = T.decl_buffer((O0, O1, O2, O3, O4), dtype, data=y_p)
+        for i0, i1, i2, i3, i4 in T.grid(O0, O1, O2, O3, O4):
+            with T.sblock("fill"):
+                v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
+                y[v0, v1, v2, v3, v4] = v[0]
+        for i0, i1, i2, i3, i4 in T.grid(I0, I1, I2, I3, I4):
+            with T.sblock("copy"):
+                v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
+                y[v0 + L0, v1 + L1, v2 + L2, v3 + L3, v4 + L4] = x[v0, v1, v2, v3, v4]
+    return pad
+
+
+def concat_func(outer: int, sizes: list[int], inner: int, dtype: str = "int8") -> tirx.PrimFunc:
     """y viewed (outer, sum(sizes) * inner); input i fills columns [off_i * inner, (off_i + size_i) * inner)."""
     total = sum(sizes)
     with IRBuilder() as ib, Tb.prim_func(s_tir=True):
         Tb.func_name("concat")
         Tb.func_attr({"tirx.noalias": True})
-        ptrs = [Tb.arg(f"x{i}_p", Tb.handle("int8")) for i in range(len(sizes))]
-        y_p = Tb.arg("y_p", Tb.handle("int8"))
-        xs = [Tb.decl_buffer((outer, s * inner), "int8", data=p) for s, p in zip(sizes, ptrs)]
-        y = Tb.decl_buffer((outer, total * inner), "int8", data=y_p)
+        ptrs = [Tb.arg(f"x{i}_p", Tb.handle(dtype)) for i in range(len(sizes))]
+        y_p = Tb.arg("y_p", Tb.handle(dtype))
+        xs = [Tb.decl_buffer((outer, s * inner), dtype, data=p) for s, p in zip(sizes, ptrs)]
+        y = Tb.decl_buffer((outer, total * inner), dtype, data=y_p)
         off = 0
         for i, (x, s) in enumerate(zip(xs, sizes)):
             with Tb.grid(outer, s * inner) as (o, j), Tb.sblock(f"copy{i}"):
@@ -112,8 +140,12 @@ def _err(graph: Graph, op: Op, msg: str) -> EdgecError:
     return EdgecError(f"{graph.source}: {op.describe()}: {msg}")
 
 
-def _check_io(graph: Graph, op: Op, n_inputs: tuple[int, ...], data_inputs: list[int]) -> None:
-    """Input/output counts, int8 data tensors, and no zero-size tensors (TFLM rejects those as dynamic)."""
+DTYPES = ("int8", "float32")
+
+
+def _check_io(graph: Graph, op: Op, n_inputs: tuple[int, ...], data_inputs: list[int]) -> str:
+    """Input/output counts, data tensors all int8 or all float32 (returned), and no zero-size tensors
+    (TFLM rejects those as dynamic)."""
     if len(op.inputs) not in n_inputs or len(op.outputs) != 1:
         raise _err(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs; supported: "
                               f"{' or '.join(map(str, n_inputs))} inputs and 1 output")
@@ -121,11 +153,16 @@ def _check_io(graph: Graph, op: Op, n_inputs: tuple[int, ...], data_inputs: list
         if tid < 0:
             raise _err(graph, op, "a required data input is missing")
         t = graph.t(tid)
-        if t.dtype != "int8":
-            raise _err(graph, op, f"tensor '{t.name}' is {t.dtype}; supported: int8")
+        if t.dtype not in DTYPES:
+            raise _err(graph, op, f"tensor '{t.name}' is {t.dtype}; supported: int8 or float32")
         if t.size == 0:
             raise _err(graph, op, f"tensor '{t.name}' has zero elements (shape {list(t.shape)}); supported: "
                                   "non-empty tensors")
+    dtypes = {graph.t(tid).dtype for tid in data_inputs + op.outputs}
+    if len(dtypes) > 1:
+        raise _err(graph, op, f"data tensors of dtypes {', '.join(sorted(dtypes))}; supported: one dtype (int8 or "
+                              "float32) for all data inputs and the output")
+    return dtypes.pop()
 
 
 def _const_int32(graph: Graph, op: Op, tid: int, what: str) -> np.ndarray:
@@ -171,7 +208,7 @@ def _lift(values: list[int], fill: int) -> tuple:
 
 def _gather(graph: Graph, op: Op, x: Tensor, out: list[int], base: int, s: list[int], kind: str) -> LoweredOp:
     o, st = _simplify_gather(out, s)
-    func = gather_func(_lift(o, 1), x.size, base, _lift(st, 0))
+    func = gather_func(_lift(o, 1), x.size, base, _lift(st, 0), x.dtype)
     return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind=kind)
 
 
@@ -227,8 +264,42 @@ def lower_squeeze(graph: Graph, op: Op) -> LoweredOp:
 # --- PAD -------------------------------------------------------------------------------------------------
 
 
+def _int8_pad_value(graph: Graph, op: Op, y: Tensor) -> int:
+    if y.quant is None:
+        raise _err(graph, op, f"output '{y.name}' has no quantization; supported: int8 quantized")
+    if len(op.inputs) == 3 and op.inputs[2] >= 0:
+        c = graph.t(op.inputs[2])
+        if c.dtype != "int8" or not c.is_const or c.size != 1:
+            raise _err(graph, op, f"constant_values '{c.name}' is {c.dtype}{'' if c.is_const else ' non-const'} "
+                                  f"with {c.size} elements; supported: a const int8 scalar")
+        if c.quant is None or c.zero_point != y.zero_point or np.float32(c.scale) != np.float32(y.scale):
+            raise _err(graph, op, f"constant_values '{c.name}' is quantized differently from output '{y.name}'; "
+                                  "supported: the same scale and zero point (as TFLM requires)")
+        return int(c.data.reshape(-1)[0])
+    if not -128 <= y.zero_point <= 127:
+        raise _err(graph, op, f"output zero point {y.zero_point}; supported: -128..127")
+    return y.zero_point
+
+
+def _float_pad_value(graph: Graph, op: Op) -> float:
+    """0.0f, or the const float32 constant_values scalar."""
+    if len(op.inputs) == 3 and op.inputs[2] >= 0:
+        c = graph.t(op.inputs[2])
+        if c.dtype != "float32" or not c.is_const or c.size != 1:
+            raise _err(graph, op, f"constant_values '{c.name}' is {c.dtype}{'' if c.is_const else ' non-const'} "
+                                  f"with {c.size} elements; supported: a const float32 scalar")
+        return float(c.data.reshape(-1)[0])
+    return 0.0
+
+
+def _printable(value: float) -> bool:
+    """Whether TVM's C printing of a float32 constant (7 significant digits) gives back the same value."""
+    v = np.float32(value)
+    return bool(np.isfinite(v)) and np.float32(f"{float(v):.6e}") == v and not (v == 0 and np.signbit(v))
+
+
 def lower_pad(graph: Graph, op: Op) -> LoweredOp:
-    _check_io(graph, op, (2, 3), [op.inputs[0]])
+    dtype = _check_io(graph, op, (2, 3), [op.inputs[0]])
     x, y = graph.t(op.inputs[0]), graph.t(op.outputs[0])
     rank = len(y.shape)
     if len(x.shape) > RANK or len(x.shape) != rank:
@@ -246,21 +317,7 @@ def lower_pad(graph: Graph, op: Op) -> LoweredOp:
     if min(left + right) < 0:
         # TFLM's PadImpl never crops: with negative paddings it copies the input's first elements in order.
         raise _err(graph, op, f"negative paddings {pads.reshape(rank, 2).tolist()}; supported: paddings >= 0")
-    if y.quant is None:
-        raise _err(graph, op, f"output '{y.name}' has no quantization; supported: int8 quantized")
-    if len(op.inputs) == 3 and op.inputs[2] >= 0:
-        c = graph.t(op.inputs[2])
-        if c.dtype != "int8" or not c.is_const or c.size != 1:
-            raise _err(graph, op, f"constant_values '{c.name}' is {c.dtype}{'' if c.is_const else ' non-const'} "
-                                  f"with {c.size} elements; supported: a const int8 scalar")
-        if c.quant is None or c.zero_point != y.zero_point or np.float32(c.scale) != np.float32(y.scale):
-            raise _err(graph, op, f"constant_values '{c.name}' is quantized differently from output '{y.name}'; "
-                                  "supported: the same scale and zero point (as TFLM requires)")
-        pad_value = int(c.data.reshape(-1)[0])
-    else:
-        if not -128 <= y.zero_point <= 127:
-            raise _err(graph, op, f"output zero point {y.zero_point}; supported: -128..127")
-        pad_value = y.zero_point
+    pad_value = _int8_pad_value(graph, op, y) if dtype == "int8" else _float_pad_value(graph, op)
     # Drop unit dims and fold unpadded dims into the dim before them: they stay contiguous.
     dims: list[list[int]] = []
     for i, o, a in zip(x.shape, y.shape, left):
@@ -270,9 +327,14 @@ def lower_pad(graph: Graph, op: Op) -> LoweredOp:
             dims[-1] = [dims[-1][0] * i, dims[-1][1] * o, dims[-1][2] * o]
         else:
             dims.append([i, o, a])
-    func = pad_func(_lift([d[0] for d in dims], 1), _lift([d[1] for d in dims], 1),
-                    _lift([d[2] for d in dims], 0), pad_value)
-    return LoweredOp(op, func, [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])], kind="pad")
+    shapes = _lift([d[0] for d in dims], 1), _lift([d[1] for d in dims], 1), _lift([d[2] for d in dims], 0)
+    if dtype == "float32" and not _printable(pad_value):
+        func = pad_table_func(*shapes, dtype)
+        args = [Arg.input(op.inputs[0]), Arg.const(np.array([pad_value], np.float32)), Arg.output(op.outputs[0])]
+    else:
+        func = pad_func(*shapes, pad_value, dtype)
+        args = [Arg.input(op.inputs[0]), Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind="pad")
 
 
 # --- CONCATENATION ---------------------------------------------------------------------------------------
@@ -285,7 +347,7 @@ def lower_concatenation(graph: Graph, op: Op) -> LoweredOp:
     n = len(op.inputs)
     if not 1 <= n <= MAX_CONCAT_INPUTS:
         raise _err(graph, op, f"{n} inputs; supported: 1 to {MAX_CONCAT_INPUTS} (TFLM's limit)")
-    _check_io(graph, op, (n,), op.inputs)
+    dtype = _check_io(graph, op, (n,), op.inputs)
     y = graph.t(op.outputs[0])
     xs = [graph.t(t) for t in op.inputs]
     if op.attrs.get("activation", "NONE") != "NONE":
@@ -302,8 +364,8 @@ def lower_concatenation(graph: Graph, op: Op) -> LoweredOp:
             raise _err(graph, op, f"input '{x.name}' shape {list(x.shape)} does not match output shape "
                                   f"{list(y.shape)} outside axis {axis}")
         # TFLM compares the float32 scales exactly (as doubles) and the zero points: no requantization.
-        if x.quant is None or y.quant is None or np.float32(x.scale) != np.float32(y.scale) \
-                or x.zero_point != y.zero_point:
+        if dtype == "int8" and (x.quant is None or y.quant is None or np.float32(x.scale) != np.float32(y.scale)
+                                or x.zero_point != y.zero_point):
             got = f"scale {x.scale:.9g}, zero point {x.zero_point}" if x.quant else "no quantization"
             want = f"scale {y.scale:.9g}, zero point {y.zero_point}" if y.quant else "none"
             raise _err(graph, op, f"input '{x.name}' has {got} but output '{y.name}' has {want}; supported: "
@@ -312,7 +374,7 @@ def lower_concatenation(graph: Graph, op: Op) -> LoweredOp:
         raise _err(graph, op, f"input sizes along axis {axis} sum to {sum(x.shape[axis] for x in xs)}, output has "
                               f"{y.shape[axis]}")
     outer, inner = math.prod(y.shape[:axis]), math.prod(y.shape[axis + 1:])
-    func = concat_func(outer, [x.shape[axis] for x in xs], inner)
+    func = concat_func(outer, [x.shape[axis] for x in xs], inner, dtype)
     args = [Arg.input(t) for t in op.inputs] + [Arg.output(op.outputs[0])]
     return LoweredOp(op, func, args, kind="concat")
 
