@@ -271,3 +271,22 @@ def test_qdq_op_without_int8_form_runs_in_float(tmp_path):
     sets = [[RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)] for _ in range(4)]
     for (x,), (w,) in zip(sets, ort_run(path, sets)):
         assert np.abs(run_float(g, [x])[0] - w).max() <= 0.02 * 1.001
+
+
+@pytest.mark.parametrize("on", ["host", "qemu"])
+def test_verify_qdq_mnist8_within_one_lsb(on, tmp_path):
+    """The issue's acceptance case through `edgec verify`: mnist-8 quantized by onnxruntime's
+    quantize_static (QDQ, int8, per-channel) on its three digits; edgec's C (TFLM arithmetic) is within
+    1 output LSB of onnxruntime running the same model on the digits and on noisy digits, and bit-exact
+    with TFLite Micro running edgec's int8 graph."""
+    from edgec.cli.verify import verify
+
+    pre, digits = _mnist(tmp_path)
+    q = quantize(pre, tmp_path / "q.onnx", "QDQ", "QInt8", digits, True)
+    rng = np.random.default_rng(1)
+    noisy = [[np.clip(d[0] + rng.normal(size=d[0].shape).astype(np.float32) * 30, 0, 255)] for d in digits * 3]
+    result = verify(q, "cortex-m4", on, 0, 0, digits + noisy, progress=lambda m: None)
+    assert result["bitexact"], result["first_mismatch"]
+    assert result["max_lsb_difference"] <= 1.0
+    assert result["top1_agreement"] == 1.0
+    assert result["passed"]
