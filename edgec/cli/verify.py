@@ -99,7 +99,7 @@ def accuracy(got, want) -> dict:
                 agree += int((g.argmax(-1) == w.argmax(-1)).sum())
                 total += g.shape[0]
     sqnr = float("inf") if noise == 0 else 10 * np.log10(max(sig, 1e-30) / noise)
-    return {"sqnr_db": round(sqnr, 2) if np.isfinite(sqnr) else None, "max_abs_error": max_err,
+    return {"sqnr_db": round(float(sqnr), 2) if np.isfinite(sqnr) else None, "max_abs_error": max_err,
             "top1_agreement": (agree / total) if total else None}
 
 
