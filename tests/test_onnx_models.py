@@ -56,23 +56,25 @@ def test_mnist8_edgec_output_argmax_equals_shipped(tmp_path):
         assert [int(g[0].argmax()) for g in got] == [int(e.argmax()) for e in expected]
 
 
-def test_mnist_simplified(tmp_path):
+@pytest.mark.parametrize("on", ["host", "qemu"])
+def test_mnist_simplified(tmp_path, on):
     model = shared_model("onnx/mnist_simplified.onnx")
     digits, _ = _mnist_digits()
     small = digits.reshape(3, 1, 1, 14, 2, 14, 2).mean(axis=(4, 6)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", small)
-    result = verify(model, "cortex-m4", "qemu", None, 0, [], progress=lambda m: None,
+    result = verify(model, "cortex-m4", on, None, 0, [], progress=lambda m: None,
                     calibration=str(tmp_path / "calib.npz"))
     assert result["bitexact"], result["first_mismatch"]
     assert result["top1_agreement"] == 1.0
     print("mnist_simplified max abs error", result["max_abs_error"], "SQNR", result["sqnr_db"])
 
 
-def test_tfl_helloworld(tmp_path):
+@pytest.mark.parametrize("on", ["host", "qemu"])
+def test_tfl_helloworld(tmp_path, on):
     model = shared_model("onnx/tfl_helloworld.onnx")
     xs = np.linspace(0, 2 * np.pi, 64, dtype=np.float32).reshape(64, 1, 1)
     np.savez(tmp_path / "calib.npz", xs)
-    result = verify(model, "cortex-m4", "qemu", None, 0, [], progress=lambda m: None,
+    result = verify(model, "cortex-m4", on, None, 0, [], progress=lambda m: None,
                     calibration=str(tmp_path / "calib.npz"))
     assert result["bitexact"], result["first_mismatch"]
     print("tfl_helloworld max abs error", result["max_abs_error"], "SQNR", result["sqnr_db"])
