@@ -89,27 +89,18 @@ def _passes(target: tvm.target.Target) -> list:
     ]
 
 
+_DROPPED_LINES = ("#include \"tvm/", "#define TVM_EXPORTS", "// tvm target", "void* __tvm_ffi__library_ctx",
+                  "#ifdef __cplusplus", "extern \"C\"", "#endif")
+
+
 def _clean(src: str, readonly: dict[str, list[str]]) -> str:
+    """Drop TVM's headers, export macros, C++ guards and prototypes (ours are in edgec_kernels.h);
+    declare read-only pointer parameters const."""
     out = []
-    skip_next = False
     for line in src.splitlines():
         s = line.strip()
-        if skip_next:
-            skip_next = False
+        if s.startswith(_DROPPED_LINES) or (s.startswith("TVM_DLL") and s.endswith(";")):
             continue
-        if s.startswith(("#include \"tvm/", "#define TVM_EXPORTS", "// tvm target")):
-            continue
-        if s.startswith("void* __tvm_ffi__library_ctx"):
-            continue
-        if s == "#ifdef __cplusplus":
-            skip_next = True  # drop the `extern "C"` line; the #endif is dropped below
-            continue
-        if s == "#endif" and out and out[-1].strip() == "":
-            continue
-        if s == "#endif":
-            continue
-        if s.startswith("TVM_DLL") and s.endswith(";"):
-            continue  # prototypes come from our own header
         out.append(line.replace("TVM_DLL ", ""))
     text = "\n".join(out)
     for name, params in readonly.items():
