@@ -106,7 +106,7 @@ def _multipliers(real: list[float]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
-def _conv_multipliers(x: Tensor, w_scales: np.ndarray, y: Tensor, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def conv_multipliers(x: Tensor, w_scales: np.ndarray, y: Tensor, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """PopulateConvolutionQuantizationParams: double(s_x) * double(s_w) / double(s_y) per channel."""
     sx, sy = float(np.float32(x.scale)), float(np.float32(y.scale))
     ws = [float(w_scales[c if len(w_scales) > 1 else 0]) for c in range(channels)]
@@ -117,7 +117,7 @@ def _wrap32(v: np.ndarray) -> np.ndarray:
     return ((np.asarray(v, np.int64) + 2**31) % 2**32 - 2**31).astype(np.int64)
 
 
-class _Requant:
+class Requant:
     """Per-channel requantization constants packed into one int32 table, and the TIR that applies them.
 
     Table layout: multipliers [OC], then (only if the shifts differ between channels) shifts [OC],
@@ -193,14 +193,14 @@ def _window(graph: Graph, op: Op, x: Tensor, y: Tensor, kh: int, kw: int) -> tup
     return oh, ow, pt, pl, padded
 
 
-def _acc_dtype(taps: int) -> str:
+def acc_dtype(taps: int) -> str:
     """int32 accumulators when no sum of `taps` products |x * w| <= 255 * 128 can overflow (TFLM's own
     int32 accumulator has the same limit); beyond that uint32, which wraps like TFLM's sum does in
     practice without signed overflow in C."""
     return "int32" if taps * 255 * 128 <= _ACC_LIMIT else "uint32"
 
 
-def _mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     """acc + a * b with int32 a, b, in the accumulator's dtype."""
     prod = a * b
     return acc + (prod if str(acc.ty) == "int32" else tirx.Cast(str(acc.ty), prod))
@@ -210,12 +210,12 @@ def _mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExp
 
 
 def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
-                rq: _Requant):
+                rq: Requant):
     """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
     Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB."""
     IC = C // G
     FPG = OC // G
-    ACC = _acc_dtype(KH * KW * IC)
+    ACC = acc_dtype(KH * KW * IC)
     # With dilation 1 and one group, a window row's KW * C inputs are contiguous: one inner loop.
     ROW = KW * IC if DW == 1 and G == 1 else 0
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
@@ -241,13 +241,13 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                             if UNROLL_ROW:
                                 for j in T.unroll(ROW):
                                     for i in T.unroll(OB):
-                                        acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                        acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                               + ow * SW - PL) * C + j]) - XZP_IN,
                                             T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
                             else:
                                 for j in range(ROW):
                                     for i in T.unroll(OB):
-                                        acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                        acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                               + ow * SW - PL) * C + j]) - XZP_IN,
                                             T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
                         for i in T.unroll(OB):
@@ -255,7 +255,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                     for t in range(OC % OB):
                         acc[0] = 0
                         for kh, j in T.grid(KH, ROW):
-                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                   + ow * SW - PL) * C + j]) - XZP_IN,
                                 T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
                         y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
@@ -263,7 +263,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                     for oc in range(OC):
                         acc[0] = 0
                         for kh, kw, ic in T.grid(KH, KW, IC):
-                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
+                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
                                                                   + kw * DW) * C + oc // FPG * IC + ic]) - XZP_IN,
                                 T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
                         y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc)
@@ -278,7 +278,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                 if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
                                     for ic in range(IC):
                                         for i in T.unroll(OB):
-                                            acc[i] = _mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                            acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                                   + ow * SW - PL + kw * DW) * C + ic])
                                                                - XZP,
                                                 T.Cast("int32", w[(((ocb * OB + i) * KH + kh) * KW + kw) * IC + ic]))
@@ -291,7 +291,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                             for kw in range(KW):
                                 if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
                                     for ic in range(IC):
-                                        acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                               + ow * SW - PL + kw * DW) * C
                                                                              + oc // FPG * IC + ic]) - XZP,
                                             T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
@@ -300,11 +300,11 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
 
 
 def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
-                   rq: _Requant):
+                   rq: Requant):
     """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func."""
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
-    ACC = _acc_dtype(KH * KW)
+    ACC = acc_dtype(KH * KW)
 
     @T.prim_func(s_tir=True)
     def depthwise(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
@@ -322,12 +322,12 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                     if UNROLL:
                         for kh in T.unroll(KH):
                             for kw in T.unroll(KW):
-                                acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                       + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
                                     T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
                     else:
                         for kh, kw in T.grid(KH, KW):
-                            acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                   + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
                                 T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
                     y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m)
@@ -338,17 +338,17 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                         if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
                             for kw in range(KW):
                                 if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    acc[0] = _mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                           + ow * SW - PL + kw * DW) * C + c]) - XZP,
                                         T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
                     y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m)
     return depthwise
 
 
-def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: _Requant):
+def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant):
     """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI."""
     OB = _OC_BLOCK
-    ACC = _acc_dtype(K)
+    ACC = acc_dtype(K)
 
     @T.prim_func(s_tir=True)
     def fully_connected(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
@@ -365,14 +365,14 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: _Requant):
                     acc[i] = 0
                 for k in range(K):
                     for i in T.unroll(OB):
-                        acc[i] = _mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                        acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
                             (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
                 for i in T.unroll(OB):
                     y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
             for t in range(OC % OB):
                 acc[0] = 0
                 for k in range(K):
-                    acc[0] = _mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                    acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
                         (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
                 y[b * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
     return fully_connected
@@ -393,7 +393,7 @@ def fill_func(SIZE, VALUE):
 # --- lowering functions ---------------------------------------------------------------------------------
 
 
-def _lowered(op: Op, y: Tensor, rq: _Requant, func, kind: str) -> LoweredOp:
+def _lowered(op: Op, y: Tensor, rq: Requant, func, kind: str) -> LoweredOp:
     if rq.lo == rq.hi:
         # The simplifier would drop every use of the inputs, leaving unused C parameters.
         return LoweredOp(op, fill_func(y.size, rq.lo), [Arg.output(op.outputs[0])], kind="fill")
@@ -401,7 +401,7 @@ def _lowered(op: Op, y: Tensor, rq: _Requant, func, kind: str) -> LoweredOp:
     return LoweredOp(op, func, args, kind=kind)
 
 
-def _bias_sections(rq: _Requant, bias: np.ndarray | None, wsum: np.ndarray | None, xzp: int,
+def _bias_sections(rq: Requant, bias: np.ndarray | None, wsum: np.ndarray | None, xzp: int,
                    padded: bool) -> tuple[int, int, int]:
     """Add the bias sections; returns (XZP inside the interior loop, interior section, border section)."""
     plain = bias if bias is not None else np.zeros(rq.oc, np.int64)
@@ -427,8 +427,8 @@ def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
     oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
     bias = _bias(graph, op, oc)
-    mult, shift = _conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
-    rq = _Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    mult, shift = conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
     xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
     func = conv2d_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
@@ -449,8 +449,8 @@ def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
     oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
     bias = _bias(graph, op, oc)
-    mult, shift = _conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
-    rq = _Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    mult, shift = conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
     xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
     func = depthwise_func(n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
@@ -469,14 +469,14 @@ def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
     bias = _bias(graph, op, oc)
     if len(scales) > 1:
         # FullyConnectedPerChannel: per-channel scales, the weights' zero point is not applied.
-        mult, shift = _conv_multipliers(x, scales, y, oc)
+        mult, shift = conv_multipliers(x, scales, y, oc)
         wzp = 0
     else:
         # GetQuantizedConvolutionMultipler: the scale product is a float32 product.
         real = float(np.float32(x.scale) * np.float32(scales[0])) / float(np.float32(y.scale))
         mult, shift = _multipliers([real] * oc)
         wzp = int(w.quant.zero_point[0])
-    rq = _Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
+    rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
     if w.is_const:
         # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
         wsum = (w.data.astype(np.int64) - wzp).sum(1)

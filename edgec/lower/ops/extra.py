@@ -50,7 +50,7 @@ Reference semantics (TFLite Micro reference kernels, double rounding):
 
 Broadcasting (PRELU, MAXIMUM, MINIMUM, DIV) follows BroadcastBinaryOpSimple: shapes right-aligned,
 a dimension of 1 repeats; adjacent output dimensions with the same repetition pattern are merged and at
-most _BCAST_LEVELS merged levels are supported.
+most BCAST_RANK (broadcast.py) merged levels are supported.
 """
 
 from __future__ import annotations
@@ -65,13 +65,12 @@ from edgec.errors import EdgecError
 from edgec.ir.graph import Graph, Op, Tensor
 from edgec.lower.fixedpoint import clamp, i32, i64, let, multiply_by_quantized_multiplier, srdhm
 from edgec.lower.kernel import Arg, LoweredOp
-from edgec.lower.ops.conv import _acc_dtype, _conv_multipliers, _mac, _Requant
+from edgec.lower.ops.broadcast import BCAST_RANK, broadcast_func
+from edgec.lower.ops.conv import Requant, acc_dtype, conv_multipliers, mac
 from edgec.lower.ops.nonlinear import clamp_func, lut_func
 from edgec.lower.qparams import activation_range, quantize_multiplier
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-# Broadcast kernels iterate over at most this many merged output dimensions.
-_BCAST_LEVELS = 6
 # TFLM's BroadcastBinaryOpSimple handles tensors up to this rank.
 _MAX_RANK = 8
 # DIV: the largest output shift for which TFLM's final exponent stays >= 0 (headroom >= 23 for
@@ -244,7 +243,7 @@ def div_tables(zp2: int, shift: int) -> np.ndarray:
 
 def _bcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor,
                 y: Tensor) -> tuple[list[int], list[bool], list[bool]]:
-    """Merge the output iteration space into _BCAST_LEVELS levels: (extents, a varies?, b varies?)."""
+    """Merge the output iteration space into BCAST_RANK levels: (extents, a varies?, b varies?)."""
     rank = max(len(a.shape), len(b.shape), len(y.shape))
     if rank > _MAX_RANK:
         raise _fail(graph, op, f"rank-{rank} tensors", f"rank <= {_MAX_RANK} (TFLM's broadcast limit)")
@@ -264,44 +263,11 @@ def _bcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor,
             levels[-1][0] *= dy
         else:
             levels.append([dy, fa, fb])
-    if len(levels) > _BCAST_LEVELS:
+    if len(levels) > BCAST_RANK:
         raise _fail(graph, op, f"the broadcast of {list(a.shape)} and {list(b.shape)} needs {len(levels)} "
-                    "loop levels", f"at most {_BCAST_LEVELS} alternating broadcast levels")
-    levels = [[1, True, True]] * (_BCAST_LEVELS - len(levels)) + levels
+                    "loop levels", f"at most {BCAST_RANK} alternating broadcast levels")
+    levels = [[1, True, True]] * (BCAST_RANK - len(levels)) + levels
     return [v[0] for v in levels], [v[1] for v in levels], [v[2] for v in levels]
-
-
-def binary_func(dims: list[int], a_full: list[bool], b_full: list[bool], stage, out,
-                noalias: bool = True) -> tirx.PrimFunc:
-    """A broadcast elementwise kernel over the merged `dims`: s = stage(a, b) (int32), then
-    y = out(s, a, b) (int32, already clamped to int8), where a and b are the int32 values of the raw
-    int8 inputs. The one-element stage keeps TVM's Let-heavy passes fast."""
-    D0, D1, D2, D3, D4, D5 = dims
-    SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
-    SB = tuple(d if f else 1 for d, f in zip(dims, b_full))
-    A0, A1, A2, A3, A4, A5 = (int(f) for f in a_full)
-    B0, B1, B2, B3, B4, B5 = (int(f) for f in b_full)
-
-    @T.prim_func(s_tir=True)
-    def binary(a_p: T.handle("int8"), b_p: T.handle("int8"), y_p: T.handle("int8")):
-        T.func_attr({"tirx.noalias": noalias})
-        a = T.decl_buffer(SA, "int8", data=a_p)
-        b = T.decl_buffer(SB, "int8", data=b_p)
-        y = T.decl_buffer((D0, D1, D2, D3, D4, D5), "int8", data=y_p)
-        st = T.sblock_alloc_buffer((D0, D1, D2, D3, D4, D5), "int32")
-        for i0, i1, i2, i3, i4, i5 in T.grid(D0, D1, D2, D3, D4, D5):
-            with T.sblock("stage"):
-                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                st[v0, v1, v2, v3, v4, v5] = stage(
-                    T.Cast("int32", a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5]),
-                    T.Cast("int32", b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
-            with T.sblock("out"):
-                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", out(
-                    st[v0, v1, v2, v3, v4, v5],
-                    T.Cast("int32", a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5]),
-                    T.Cast("int32", b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5])))
-    return binary
 
 
 def div_func(dims: list[int], a_full: list[bool], b_full: list[bool], TN: int, headroom, scaled, out,
@@ -367,11 +333,11 @@ def _clrsb_small(v: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def transpose_conv_func(N, H, W, IC, OH, OW, OC, KH, KW, SH, SW, PT, PL, XZP, BI,
-                        rq: _Requant) -> tirx.PrimFunc:
+                        rq: Requant) -> tirx.PrimFunc:
     """TRANSPOSE_CONV as a gather: output (oy, ox) takes kernel rows ky = (oy + PT) % SH + jh * SH, input
     row iy = (oy + PT) // SH - jh (and likewise for columns), for the taps inside the kernel and image."""
     JH, JW = -(-KH // SH), -(-KW // SW)
-    ACC = _acc_dtype(JH * JW * IC)
+    ACC = acc_dtype(JH * JW * IC)
 
     @T.prim_func(s_tir=True)
     def transpose_conv(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
@@ -391,7 +357,7 @@ def transpose_conv_func(N, H, W, IC, OH, OW, OC, KH, KW, SH, SW, PT, PL, XZP, BI
                         if (ox + PL) % SW + jw * SW < KW and jw <= (ox + PL) // SW \
                                 and (ox + PL) // SW - jw < W:
                             for ic in range(IC):
-                                acc[0] = _mac(
+                                acc[0] = mac(
                                     acc[0],
                                     T.Cast("int32", x[((n * H + (oy + PT) // SH - jh) * W
                                                        + (ox + PL) // SW - jw) * IC + ic]) - XZP,
@@ -503,7 +469,7 @@ def lower_prelu(graph: Graph, op: Op) -> LoweredOp:
         return clamp(s + yzp, -128, 127)
 
     def make(dims, a_full, b_full, noalias):
-        return binary_func(dims, a_full, b_full, stage, out, noalias)
+        return broadcast_func(dims, a_full, b_full, out, stage_fn=stage, noalias=noalias)
 
     return _lower_broadcast(graph, op, x, alpha, y, make, "prelu")
 
@@ -524,7 +490,8 @@ def _lower_max_min(graph: Graph, op: Op, kind: str) -> LoweredOp:
     pick = tirx.max if kind == "maximum" else tirx.min
 
     def make(dims, a_full, b_full, noalias):
-        return binary_func(dims, a_full, b_full, lambda av, bv: pick(av, bv), lambda s, av, bv: s, noalias)
+        return broadcast_func(dims, a_full, b_full, lambda s, av, bv: s, stage_fn=lambda av, bv: pick(av, bv),
+                              noalias=noalias)
 
     return _lower_broadcast(graph, op, a, b, y, make, kind)
 
@@ -635,11 +602,11 @@ def lower_transpose_conv(graph: Graph, op: Op) -> LoweredOp:
     oh, ow = y.shape[1], y.shape[2]
     pt = _transpose_padding(oh, kh, sh, a["padding"])
     pl = _transpose_padding(ow, kw, sw, a["padding"])
-    mult, shift = _conv_multipliers(x, scales, y, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
     lo, hi = activation_range(a.get("activation", "NONE"), y)
     if lo == hi:
         return _fill(op, y, lo)
-    rq = _Requant(mult, shift, y.zero_point, lo, hi)
+    rq = Requant(mult, shift, y.zero_point, lo, hi)
     bi = rq.add_section(bias)
     func = transpose_conv_func(n, h, wd, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, x.zero_point, bi, rq)
     args = [Arg.input(op.inputs[2]), Arg.input(op.inputs[1]), Arg.const(rq.table()),

@@ -57,7 +57,7 @@ from edgec.ir.graph import Graph, Op, Tensor
 from edgec.lower.fixedpoint import let
 from edgec.lower.kernel import Arg, LoweredOp
 from edgec.lower.ops import movement
-from edgec.lower.ops.pool_arith import _broadcast_plan
+from edgec.lower.ops.broadcast import broadcast_func, broadcast_plan
 from edgec.lower.qparams import same_padding
 
 F32 = "float32"
@@ -491,28 +491,6 @@ def unary_table_func(size: int, n_consts: int, fn) -> tirx.PrimFunc:
     return unary
 
 
-def binary_func(dims: list[int], a_full: list[bool], b_full: list[bool], fn) -> tirx.PrimFunc:
-    """Broadcast elementwise y = fn(a, b) over 6 collapsed dimensions (see pool_arith._broadcast_plan)."""
-    D0, D1, D2, D3, D4, D5 = dims
-    SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
-    SB = tuple(d if f else 1 for d, f in zip(dims, b_full))
-    A0, A1, A2, A3, A4, A5 = (int(f) for f in a_full)
-    B0, B1, B2, B3, B4, B5 = (int(f) for f in b_full)
-
-    @T.prim_func(s_tir=True)
-    def binary(a_p: T.handle("float32"), b_p: T.handle("float32"), y_p: T.handle("float32")):
-        T.func_attr({"tirx.noalias": True})
-        a = T.decl_buffer(SA, "float32", data=a_p)
-        b = T.decl_buffer(SB, "float32", data=b_p)
-        y = T.decl_buffer((D0, D1, D2, D3, D4, D5), "float32", data=y_p)
-        for i0, i1, i2, i3, i4, i5 in T.grid(D0, D1, D2, D3, D4, D5):
-            with T.sblock("out"):
-                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                y[v0, v1, v2, v3, v4, v5] = fn(a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5],
-                                               b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5])
-    return binary
-
-
 # --- lowering: convolution family ------------------------------------------------------------------------------
 
 
@@ -752,7 +730,7 @@ def _lower_binary(graph: Graph, op: Op) -> LoweredOp:
     if op.type == "PRELU" and max(len(a.shape), len(b.shape), len(y.shape)) > 4:
         raise _fail(graph, op, f"shapes {list(a.shape)}, {list(b.shape)} -> {list(y.shape)}",
                     "up to 4 dimensions (TFLM's PRELU)")
-    dims, a_full, b_full = _broadcast_plan(graph, op, a, b, y)
+    dims, a_full, b_full = broadcast_plan(graph, op, a, b, y)
     combine = _BINARY[op.type]
     if op.type in ("MAXIMUM", "MINIMUM", "PRELU"):
         fn = combine
@@ -768,8 +746,8 @@ def _lower_binary(graph: Graph, op: Op) -> LoweredOp:
         if same_layout and not t.is_const and (tid, op.outputs[0]) not in inplace:
             inplace.append((tid, op.outputs[0]))
     args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.output(op.outputs[0])]
-    return LoweredOp(op, binary_func(dims, a_full, b_full, fn), args, kind=f"{op.type.lower()}_f32",
-                     inplace=inplace)
+    func = broadcast_func(dims, a_full, b_full, fn, dtype=F32, value_dtype=F32)
+    return LoweredOp(op, func, args, kind=f"{op.type.lower()}_f32", inplace=inplace)
 
 
 LOWERINGS = {

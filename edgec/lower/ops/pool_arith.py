@@ -39,6 +39,7 @@ from edgec.errors import EdgecError
 from edgec.ir.graph import Graph, Op, Tensor
 from edgec.lower.fixedpoint import clamp, i32, i64, let, multiply_by_quantized_multiplier
 from edgec.lower.kernel import Arg, LoweredOp
+from edgec.lower.ops.broadcast import broadcast_func, broadcast_plan
 from edgec.lower.qparams import (
     activation_range,
     quantize_multiplier,
@@ -46,8 +47,6 @@ from edgec.lower.qparams import (
     same_padding,
 )
 
-# Broadcast kernels iterate over at most this many collapsed dimensions.
-_BCAST_RANK = 6
 # TFLM's reduce kernels keep input indices in int[5] (kMaxNumberOfAxis).
 _MEAN_MAX_RANK = 5
 
@@ -192,78 +191,6 @@ def lower_max_pool(graph: Graph, op: Op) -> LoweredOp:
 # Elementwise binary ops with broadcasting
 
 
-def _broadcast_plan(graph: Graph, op: Op, a: Tensor, b: Tensor, y: Tensor):
-    """Collapse the output iteration space into <= _BCAST_RANK dimensions.
-
-    Returns (dims, a_full, b_full): the collapsed extents and, per dimension, whether each input
-    varies along it (False: the input is repeated). Adjacent output dimensions with the same
-    repetition pattern are merged, as BroadcastBinaryOpSimple fuses loops.
-    """
-    rank = len(y.shape)
-    # Leading 1s beyond the output's rank do not change the element order.
-    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
-    while len(a_shape) > rank and a_shape[0] == 1:
-        a_shape = a_shape[1:]
-    while len(b_shape) > rank and b_shape[0] == 1:
-        b_shape = b_shape[1:]
-    if len(a_shape) > rank or len(b_shape) > rank:
-        raise _fail(graph, op, f"input shapes {list(a.shape)}, {list(b.shape)} have more dimensions than the "
-                    f"output {list(y.shape)}", "inputs broadcastable to the output shape")
-    ea = (1,) * (rank - len(a_shape)) + a_shape
-    eb = (1,) * (rank - len(b_shape)) + b_shape
-    groups: list[list] = []
-    for d, (da, db, dy) in enumerate(zip(ea, eb, y.shape)):
-        if da not in (1, dy) or db not in (1, dy) or max(da, db) != dy:
-            raise _fail(graph, op, f"input shapes {list(a.shape)} and {list(b.shape)} do not broadcast to the "
-                        f"output shape {list(y.shape)} (dimension {d})",
-                        "numpy-style broadcasting where the output shape is the broadcast of the inputs")
-        if dy == 1:
-            continue
-        fa, fb = da == dy, db == dy
-        if groups and groups[-1][1] == fa and groups[-1][2] == fb:
-            groups[-1][0] *= dy
-        else:
-            groups.append([dy, fa, fb])
-    if len(groups) > _BCAST_RANK:
-        raise _fail(graph, op, f"the broadcast of {list(a.shape)} and {list(b.shape)} needs {len(groups)} loop "
-                    "levels", f"at most {_BCAST_RANK} alternating broadcast levels")
-    groups = [[1, True, True]] * (_BCAST_RANK - len(groups)) + groups
-    return [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
-
-
-def binary_func(dims: list[int], a_full: list[bool], b_full: list[bool], combine, requant) -> tirx.PrimFunc:
-    """A broadcast elementwise kernel y = requant(combine(a, b)) over the collapsed `dims` (6 levels).
-
-    The int32 `combine` result goes through a one-element stage buffer: one expression holding all
-    of ADD's three requantizations makes TVM's Let-heavy analysis in CompactBufferAllocation /
-    FlattenBuffer / LowerIntrin take seconds per kernel.
-    """
-    D0, D1, D2, D3, D4, D5 = dims
-    SA = tuple(d if f else 1 for d, f in zip(dims, a_full))
-    SB = tuple(d if f else 1 for d, f in zip(dims, b_full))
-    # Multiplying an index by 0 selects the repeated element; the simplifier removes the product.
-    A0, A1, A2, A3, A4, A5 = (int(f) for f in a_full)
-    B0, B1, B2, B3, B4, B5 = (int(f) for f in b_full)
-
-    @T.prim_func(s_tir=True)
-    def binary(a_p: T.handle("int8"), b_p: T.handle("int8"), y_p: T.handle("int8")):
-        T.func_attr({"tirx.noalias": True})
-        a = T.decl_buffer(SA, "int8", data=a_p)
-        b = T.decl_buffer(SB, "int8", data=b_p)
-        y = T.decl_buffer((D0, D1, D2, D3, D4, D5), "int8", data=y_p)
-        stage = T.sblock_alloc_buffer((D0, D1, D2, D3, D4, D5), "int32")
-        for i0, i1, i2, i3, i4, i5 in T.grid(D0, D1, D2, D3, D4, D5):
-            with T.sblock("combine"):
-                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                stage[v0, v1, v2, v3, v4, v5] = combine(
-                    T.Cast("int32", a[v0 * A0, v1 * A1, v2 * A2, v3 * A3, v4 * A4, v5 * A5]),
-                    T.Cast("int32", b[v0 * B0, v1 * B1, v2 * B2, v3 * B3, v4 * B4, v5 * B5]))
-            with T.sblock("out"):
-                v0, v1, v2, v3, v4, v5 = T.axis.remap("SSSSSS", [i0, i1, i2, i3, i4, i5])
-                y[v0, v1, v2, v3, v4, v5] = T.Cast("int8", requant(stage[v0, v1, v2, v3, v4, v5]))
-    return binary
-
-
 def _add_sub_reals(s1: float, s2: float, so: float) -> list[float]:
     """The real multipliers of input 1, input 2 and the output, with left_shift = 20.
 
@@ -281,7 +208,7 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
         raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs", "2 inputs, 1 output")
     _check_int8(graph, op, [op.inputs[0], op.inputs[1], op.outputs[0]])
     a, b, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
-    dims, a_full, b_full = _broadcast_plan(graph, op, a, b, y)
+    dims, a_full, b_full = broadcast_plan(graph, op, a, b, y)
     lo, hi = activation_range(op.attrs["activation"], y)
     za, zb, zy = a.zero_point, b.zero_point, y.zero_point
 
@@ -320,7 +247,8 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
 
     if lo == hi or out_multiplier == 0:
         return _constant(op, y, min(max(zy, lo), hi))
-    func = binary_func(dims, a_full, b_full, combine, requant)
+    # The int32 combine result goes through the kernel's one-element stage buffer (see broadcast_func).
+    func = broadcast_func(dims, a_full, b_full, lambda raw, xa, xb: requant(raw), stage_fn=combine)
     # An input laid out exactly like the output is read at element i just before i is written.
     rank = len(y.shape)
     inplace = []
