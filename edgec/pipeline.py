@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,16 @@ class BuildResult:
 
 
 def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibration: str | None = None,
-                  method: str = "minmax", warn=print) -> tuple[Graph, dict | None, list | None]:
-    """Quantize a float graph to int8 (or keep it float with precision float32).
+                  method: str = "minmax", warn=print, adapters: list[tuple[str, Path]] | None = None,
+                  adapter_mode: str = "fuse", adapter_map: str | Path | dict | None = None
+                  ) -> tuple[Graph, dict | None, list | None]:
+    """Apply adapters (fuse mode, `apply_adapters`), then quantize a float graph to int8 (or keep it float
+    with precision float32).
 
     Returns the graph to compile, the quantization report and the calibration samples (None when
     nothing was quantized).
     """
+    graph, _ = apply_adapters(graph, source, adapters, adapter_mode, adapter_map)
     if precision not in ("int8", "float32"):
         raise EdgecError(f"unknown precision '{precision}' (supported: int8, float32)")
     if precision == "float32" or not is_float_graph(graph):
@@ -80,6 +85,62 @@ def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibratio
     return qgraph, quantization_report(graph, qgraph, samples, method=method), samples
 
 
+ADAPTER_MODES = ("fuse", "slots")
+
+
+def adapter_mode_for(target: dict, mode: str | None) -> str:
+    """The adapter mode: `mode` when given, else the target's `default_adapter_mode`, else fuse."""
+    mode = mode or target.get("default_adapter_mode") or "fuse"
+    if mode not in ADAPTER_MODES:
+        raise EdgecError(f"unknown adapter mode '{mode}' (supported: {', '.join(ADAPTER_MODES)})")
+    return mode
+
+
+def load_adapter_map(path: str | Path | None) -> dict[str, str] | None:
+    """--adapter-map: a JSON object {PEFT module path: ONNX initializer or TFLite tensor name}."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgecError(f"{path}: cannot read the adapter map: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise EdgecError(f"{path}: the adapter map must be a JSON object of strings "
+                         '{"<PEFT module path>": "<ONNX initializer or TFLite tensor name>"}')
+    return data
+
+
+def apply_adapters(graph: Graph, source: str, adapters: list[tuple[str, Path]] | None, adapter_mode: str = "fuse",
+                   adapter_map: str | Path | dict | None = None) -> tuple[Graph, list[dict]]:
+    """Apply LoRA adapters (NAME, PEFT_DIR) to the model graph; returns the graph and the report rows.
+
+    fuse: exactly one adapter, merged into the weights (float graph: before quantization; int8 graph:
+    dequantize, merge, requantize). slots: not available yet."""
+    if not adapters:
+        if adapter_map is not None:
+            raise EdgecError("--adapter-map given without --adapter")
+        return graph, []
+    if adapter_mode == "slots":
+        raise EdgecError("adapter mode 'slots' is not available yet; use --adapter-mode fuse")
+    if adapter_mode != "fuse":
+        raise EdgecError(f"unknown adapter mode '{adapter_mode}' (supported: {', '.join(ADAPTER_MODES)})")
+    names = [n for n, _ in adapters]
+    if len(set(names)) != len(names):
+        raise EdgecError(f"adapter names must be unique: {', '.join(names)}")
+    if len(adapters) != 1:
+        raise EdgecError(f"adapter mode 'fuse' merges exactly one adapter into the weights; {len(adapters)} were "
+                         f"given ({', '.join(names)}): pass one, or use slots mode for several")
+    from edgec.frontends.peft_reader import read_adapter
+    from edgec.passes.lora_fuse import fuse_adapter
+
+    mapping = adapter_map if isinstance(adapter_map, dict) else load_adapter_map(adapter_map)
+    (name, directory), = adapters
+    adapter = read_adapter(name, directory)
+    fused, rows = fuse_adapter(graph, adapter, mapping)
+    return fused, [{"name": name, "path": str(directory), "mode": "fuse", "modules": rows}]
+
+
 def build(model_path: str | Path, target_name: str, out_dir: str | Path, **options) -> dict:
     """Compile `model_path` for `target_name` into `out_dir`; returns the build report."""
     return build_model(model_path, target_name, out_dir, **options).report
@@ -87,11 +148,21 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path, **optio
 
 def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
                 calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
-                warn=print) -> BuildResult:
-    """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs."""
+                warn=print, adapters: list[tuple[str, Path]] | None = None, adapter_mode: str | None = None,
+                adapter_map: str | Path | dict | None = None) -> BuildResult:
+    """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs.
+
+    With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
+    float model); `adapter_mode` None takes the target's default_adapter_mode (else fuse)."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)
+    adapter_rows: list[dict] = []
+    if adapters:
+        source_graph, adapter_rows = apply_adapters(source_graph, str(model_path), adapters,
+                                                    adapter_mode_for(target, adapter_mode), adapter_map)
+    elif adapter_map is not None:
+        raise EdgecError("--adapter-map given without --adapter")
     graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
                                                  calibration_method, warn)
     lowered = lower_graph(graph)
@@ -111,6 +182,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     }
     if quant_report is not None:
         report["quantization"] = quant_report
+    if adapter_rows:
+        report["adapters"] = adapter_rows
     if plan.arena_bytes > target["ram_bytes"]:
         raise EdgecError(f"{model_path}: the arena needs {plan.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")

@@ -74,6 +74,15 @@ def model_options(func):
                      help="int8: quantize float models; float32: keep float kernels (FPU targets, comparison)."),
         click.option("--input-layout", type=click.Choice(["model", "nhwc"]), default="model", show_default=True,
                      help="ONNX: keep the model's input/output layout (NCHW) in the C API, or use NHWC."),
+        click.option("--adapter", "adapter_specs", multiple=True, metavar="NAME=PEFT_DIR",
+                     help="A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors/.bin); "
+                          "repeatable (slots mode)."),
+        click.option("--adapter-mode", type=click.Choice(["fuse", "slots"]), default=None,
+                     help="fuse: merge one adapter into the weights (no run-time cost); slots: switchable adapters. "
+                          "Default: the target's default_adapter_mode, else fuse."),
+        click.option("--adapter-map", type=click.Path(path_type=Path), default=None, metavar="MAP.json",
+                     help="JSON object {PEFT module path: ONNX initializer or TFLite tensor name} (required for "
+                          "TFLite base models)."),
     ]):
         func = option(func)
     return func
@@ -86,19 +95,27 @@ def model_options(func):
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
 def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
-              precision: str, input_layout: str, as_json: bool) -> None:
+              precision: str, input_layout: str, adapter_specs: tuple[str, ...], adapter_mode: str | None,
+              adapter_map: Path | None, as_json: bool) -> None:
     """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
     report = build(model, target, out_dir, precision=precision, calibration=calibration,
                    calibration_method=calibration_method, input_layout=input_layout,
-                   warn=lambda m: click.echo(f"edgec: {m}", err=True))
+                   warn=lambda m: click.echo(f"edgec: {m}", err=True), **_adapter_args(adapter_specs, adapter_mode,
+                                                                                    adapter_map))
     if as_json:
         _emit_json(report)
         return
     _print_summary(report)
     _print_ops_table(report)
     click.echo(f"wrote {out_dir} in {report['build_seconds']:.2f} s")
+
+
+def _adapter_args(specs: tuple[str, ...], mode: str | None, adapter_map: Path | None) -> dict:
+    from edgec.frontends.peft_reader import parse_adapter_spec
+
+    return {"adapters": [parse_adapter_spec(s) for s in specs], "adapter_mode": mode, "adapter_map": adapter_map}
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -145,7 +162,7 @@ def _input_sets(files: tuple[Path, ...], specs: list[dict]) -> list[list[np.ndar
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, seed: int, input_files,
                calibration: str | None, calibration_method: str, precision: str, input_layout: str,
-               as_json: bool):
+               adapter_specs: tuple[str, ...], adapter_mode: str | None, adapter_map: Path | None, as_json: bool):
     """Compare edgec's C output with the reference runtimes. Exit 1 when it does not pass.
 
     int8 code must be bit-exact with TFLite Micro running the same int8 graph. Float and ONNX models are
@@ -164,7 +181,8 @@ def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, s
     graph, _ = load_model(model, input_layout)
     extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
     result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json), precision=precision,
-                    calibration=calibration, calibration_method=calibration_method, input_layout=input_layout)
+                    calibration=calibration, calibration_method=calibration_method, input_layout=input_layout,
+                    **_adapter_args(adapter_specs, adapter_mode, adapter_map))
     if as_json:
         _emit_json(result)
     else:

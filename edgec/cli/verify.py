@@ -117,14 +117,19 @@ def _onnx_reference(model: Path, sets, input_layout: str):
 def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
            extra_inputs: list[list[np.ndarray]], progress=print, precision: str = "int8",
            calibration: str | None = None, calibration_method: str = "minmax",
-           input_layout: str = "model") -> dict:
+           input_layout: str = "model", adapters: list[tuple[str, Path]] | None = None,
+           adapter_mode: str | None = None, adapter_map: Path | None = None) -> dict:
+    """With adapters (fuse mode) the source model's reference is the base with the adapter merged: edgec's
+    float reference interpreter on the merged float graph (the ONNX file alone does not hold the adapter);
+    an int8 base with a fused adapter is checked bit-exact against TFLM on the requantized graph."""
     model = Path(model)
     model_bytes = model.read_bytes()
     with tempfile.TemporaryDirectory(prefix="edgec_verify_") as tmp:
         out_dir = Path(tmp) / "project"
         progress(f"building {model.name} for {target}")
         built = build_model(model, target, out_dir, precision=precision, calibration=calibration,
-                            calibration_method=calibration_method, input_layout=input_layout, warn=progress)
+                            calibration_method=calibration_method, input_layout=input_layout, warn=progress,
+                            adapters=adapters, adapter_mode=adapter_mode, adapter_map=adapter_map)
         graph, report = built.graph, built.report
         quantized = built.calibration is not None
         # Float models are judged on their calibration set (real data); random inputs only on request.
@@ -148,9 +153,10 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
     }
     result.update(measured)
     passed = True
+    fused = bool(report.get("adapters"))
     if not is_float_graph(graph):
         progress("running the TFLite Micro interpreter on the same int8 graph")
-        if model.suffix.lower() == ".tflite" and not quantized:
+        if model.suffix.lower() == ".tflite" and not quantized and not fused:
             tflm_model = model_bytes
         else:
             from edgec.oracle.ir_export import graph_to_tflite
@@ -159,9 +165,15 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
         mismatches, first = _exact(got, run_tflm_batch(tflm_model, input_sets))
         result.update(bitexact=mismatches == 0, mismatches=mismatches, first_mismatch=first)
         passed = mismatches == 0
-    if model.suffix.lower() == ".onnx" or is_float_graph(built.source_graph):
+    # A fused int8 base has no float model to compare with (the TFLM check above covers it).
+    if (model.suffix.lower() == ".onnx" and not fused) or is_float_graph(built.source_graph):
         progress("running the source model's reference runtime")
-        if model.suffix.lower() == ".onnx":
+        if fused:
+            from edgec.ir.reference import run_float
+
+            reference = [run_float(built.source_graph, rec) for rec in input_sets]
+            result["reference"] = "edgec float reference of the base with the adapter merged"
+        elif model.suffix.lower() == ".onnx":
             reference = _onnx_reference(model, input_sets, input_layout)
         else:
             reference = run_tflm_batch(model_bytes, input_sets)
@@ -177,6 +189,8 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
             passed = passed and result["max_lsb_difference"] <= 1
     if "quantization" in report:
         result["quantization"] = report["quantization"]
+    if "adapters" in report:
+        result["adapters"] = report["adapters"]
     result["passed"] = passed
     return result
 

@@ -88,6 +88,8 @@ def _fold_affine(g: Graph) -> bool:
             shape = [1] * w.data.ndim
             shape[axis] = vec.size
             p.inputs[w_in] = _new_const(g, w, w.data * vec.reshape(shape), "scaled")
+            if w.origin is not None:  # keep the provenance: LoRA deltas must be scaled the same way
+                g.t(p.inputs[w_in]).origin = {**w.origin, "steps": [*w.origin["steps"], ("scale", axis, vec)]}
             bias = bias * vec
             if not has_bias:
                 bias = None

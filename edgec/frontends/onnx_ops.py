@@ -60,6 +60,17 @@ def fold(r: OnnxReader, node: Node) -> bool:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+def weight_origin(r: OnnxReader, node: Node, shape: tuple[int, ...], steps: list) -> dict:
+    """Provenance of a float weight (Tensor.origin): the ONNX value it came from and the linear steps
+    (("transpose", perm), ("scale", axis or None, factor), ("take", axis, index)) that made the IR data."""
+    name = node.inputs[1]
+    meta = {p.key: p.value for p in getattr(node.proto, "metadata_props", [])}
+    return {"initializer": name, "shape": tuple(int(d) for d in shape), "steps": list(steps), "node": node.label,
+            "computed": not any(i.name == name for i in r.model.graph.initializer),
+            # torch's dynamo exporter records the onnxscript rewrites (e.g. a BatchNorm folded into the weights).
+            "rewrites": meta.get("pkg.onnxscript.rewriter.rule_name", "")}
+
+
 def _act_input(r: OnnxReader, node: Node, i: int = 0) -> Value:
     name = node.inputs[i] if i < len(node.inputs) else ""
     if not name:
@@ -194,6 +205,7 @@ def conv_core(r: OnnxReader, node: Node, x: Value, w: np.ndarray, bias: np.ndarr
     wname = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] in r.values else f"{out_name}_weights"
     if w_scale is None:
         wt = r.const(w_ir, wname)
+        r.tensors[wt].origin = weight_origin(r, node, w.shape, [("transpose", (1, 2, 3, 0) if depthwise else NHWC)])
         bt = -1 if bias is None else r.const(bias, f"{out_name}_bias")
         out = r.out(out_name, (n, oc, oh, ow), NHWC)
     else:
@@ -353,7 +365,7 @@ def global_max_pool(r: OnnxReader, node: Node) -> None:
 # ---- fully connected -----------------------------------------------------------------------------------
 def _fc(r: OnnxReader, node: Node, a: Value, wmat: np.ndarray, bias_row: np.ndarray | None,
         trans_a: bool = False, out_name: str | None = None, w_quant: Quant | None = None,
-        y_qp: QParams | None = None, out_dtype: str = "float32") -> int:
+        y_qp: QParams | None = None, out_dtype: str = "float32", origin: dict | None = None) -> int:
     """FULLY_CONNECTED of `a` ([..., K]) with weights `wmat` [N, K]; returns the output tensor.
 
     Quantized (`w_quant`, `y_qp` given): int8 weights and an int32 bias row with scale s_a * s_w."""
@@ -368,6 +380,8 @@ def _fc(r: OnnxReader, node: Node, a: Value, wmat: np.ndarray, bias_row: np.ndar
         flat = next((lay for lay in a.reps if isinstance(lay, Flat)), None)
         if flat is not None and ident(a.rank) not in a.reps:
             wmat = wmat[:, flat.index()]  # absorb the NHWC flattening order into the weight columns
+            if origin is not None:
+                origin["steps"].append(("take", 1, flat.index()))
             tid = a.reps[flat]
         else:
             tid = r.rep(a.name)
@@ -377,6 +391,7 @@ def _fc(r: OnnxReader, node: Node, a: Value, wmat: np.ndarray, bias_row: np.ndar
     if w_quant is None:
         bias = -1 if bias_row is None else r.const(bias_row.astype(np.float32), f"{out_name}_bias")
         wt = r.const(np.ascontiguousarray(wmat.astype(np.float32)), wname)
+        r.tensors[wt].origin = origin
         out = r.out(out_name, out_shape, ident(len(out_shape)))
     else:
         wt = r.const(np.ascontiguousarray(wmat.astype(np.int8)), wname, w_quant)
@@ -416,15 +431,17 @@ def gemm(r: OnnxReader, node: Node) -> None:
                 c_runtime = node.inputs[2]
         else:
             c_runtime = node.inputs[2]
+    origin = weight_origin(r, node, b.shape, ([] if trans_b else [("transpose", (1, 0))])
+                           + ([("scale", None, alpha)] if alpha != 1.0 else []))
     if c_runtime is None:
-        _fc(r, node, a, wmat, bias_row, trans_a)
+        _fc(r, node, a, wmat, bias_row, trans_a, origin=origin)
         return
     if beta != 1.0 and not r.is_const(c_runtime):
         raise r.fail(f"beta={beta} with a run-time C", "beta=1 when C is computed at run time")
     real_out = node.outputs[0]
     node.outputs[0] = f"{real_out}_mm"
     try:
-        fc_out = _fc(r, node, a, wmat, None, trans_a)
+        fc_out = _fc(r, node, a, wmat, None, trans_a, origin=origin)
     finally:
         node.outputs[0] = real_out
     cv = r.value(c_runtime)
@@ -444,7 +461,7 @@ def matmul(r: OnnxReader, node: Node) -> None:
     b = r.values[b_name].const.astype(np.float32)
     if b.ndim != 2 or a.rank < 2 or a.shape[-1] != b.shape[0]:
         raise r.fail(f"A {list(a.shape)} times B {list(b.shape)}", "A [..., K] times a constant B [K, N]")
-    _fc(r, node, a, b.T, None)
+    _fc(r, node, a, b.T, None, origin=weight_origin(r, node, b.shape, [("transpose", (1, 0))]))
 
 
 # ---- elementwise ---------------------------------------------------------------------------------------

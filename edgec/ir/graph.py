@@ -31,6 +31,9 @@ class Tensor:
     dtype: str
     quant: Quant | None = None
     data: np.ndarray | None = None  # constant (weights) when not None
+    # Where a weight came from, for LoRA fusion (passes/lora_fuse.py): {"initializer": source name,
+    # "shape": its shape, "steps": the linear transforms that turned it into `data`, ...}; None = unknown.
+    origin: dict | None = None
 
     @property
     def is_const(self) -> bool:
