@@ -52,6 +52,8 @@ class BuildResult:
     source_graph: Graph  # the model as read (float for float models)
     graph: Graph  # what was compiled (the int8 graph after quantization)
     calibration: list[list[np.ndarray]] | None  # the samples used for quantization, if any
+    slot_plan: object | None = None  # slots mode: edgec.passes.lora_slots.SlotPlan
+    adapters: list | None = None  # slots mode: the Adapter objects, in slot order
 
 
 def prepare_graph(graph: Graph, source: str, precision: str = "int8", calibration: str | None = None,
@@ -116,13 +118,15 @@ def apply_adapters(graph: Graph, source: str, adapters: list[tuple[str, Path]] |
     """Apply LoRA adapters (NAME, PEFT_DIR) to the model graph; returns the graph and the report rows.
 
     fuse: exactly one adapter, merged into the weights (float graph: before quantization; int8 graph:
-    dequantize, merge, requantize). slots: not available yet."""
+    dequantize, merge, requantize). slots mode does not change the graph: see `build_model` and
+    `edgec.passes.lora_slots`."""
     if not adapters:
         if adapter_map is not None:
             raise EdgecError("--adapter-map given without --adapter")
         return graph, []
     if adapter_mode == "slots":
-        raise EdgecError("adapter mode 'slots' is not available yet; use --adapter-mode fuse")
+        raise EdgecError("apply_adapters merges adapters into the weights (fuse mode); slots mode keeps them "
+                         "apart (build_model with adapter_mode='slots')")
     if adapter_mode != "fuse":
         raise EdgecError(f"unknown adapter mode '{adapter_mode}' (supported: {', '.join(ADAPTER_MODES)})")
     names = [n for n, _ in adapters]
@@ -141,6 +145,16 @@ def apply_adapters(graph: Graph, source: str, adapters: list[tuple[str, Path]] |
     return fused, [{"name": name, "path": str(directory), "mode": "fuse", "modules": rows}]
 
 
+def read_adapters(adapters: list[tuple[str, Path]]) -> list:
+    """Read (NAME, PEFT_DIR) pairs (names unique) into edgec.frontends.peft_reader.Adapter objects."""
+    from edgec.frontends.peft_reader import read_adapter
+
+    names = [n for n, _ in adapters]
+    if len(set(names)) != len(names):
+        raise EdgecError(f"adapter names must be unique: {', '.join(names)}")
+    return [read_adapter(name, directory) for name, directory in adapters]
+
+
 def build(model_path: str | Path, target_name: str, out_dir: str | Path, **options) -> dict:
     """Compile `model_path` for `target_name` into `out_dir`; returns the build report."""
     return build_model(model_path, target_name, out_dir, **options).report
@@ -149,43 +163,57 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path, **optio
 def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
                 calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
                 warn=print, adapters: list[tuple[str, Path]] | None = None, adapter_mode: str | None = None,
-                adapter_map: str | Path | dict | None = None) -> BuildResult:
+                adapter_map: str | Path | dict | None = None, slots: int | None = None) -> BuildResult:
     """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs.
 
     With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
-    float model); `adapter_mode` None takes the target's default_adapter_mode (else fuse)."""
+    float model); `adapter_mode` None takes the target's default_adapter_mode (else fuse).
+    slots mode (`slots`: number of slots, default the number of adapters): `source_graph` is the float base
+    without adapters, quantized as usual; the adapted FULLY_CONNECTED layers get slot kernels."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)
     adapter_rows: list[dict] = []
-    if adapters:
-        source_graph, adapter_rows = apply_adapters(source_graph, str(model_path), adapters,
-                                                    adapter_mode_for(target, adapter_mode), adapter_map)
+    plan = slot_adapters = None
+    mode = adapter_mode_for(target, adapter_mode) if adapters else None
+    if slots is not None and mode != "slots":
+        raise EdgecError("--slots needs --adapter-mode slots and at least one --adapter")
+    if mode == "slots":
+        from edgec.passes.lora_slots import plan_slots
+
+        if precision != "int8":
+            raise EdgecError("adapter mode 'slots' generates int8 code only; use --precision int8 (or fuse mode)")
+        mapping = adapter_map if isinstance(adapter_map, dict) else load_adapter_map(adapter_map)
+        slot_adapters = read_adapters(adapters)
+        plan = plan_slots(source_graph, slot_adapters, slots, mapping)
+        adapter_rows = plan.report()
+    elif adapters:
+        source_graph, adapter_rows = apply_adapters(source_graph, str(model_path), adapters, mode, adapter_map)
     elif adapter_map is not None:
         raise EdgecError("--adapter-map given without --adapter")
     graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
                                                  calibration_method, warn)
-    lowered = lower_graph(graph)
-    plan = plan_memory(graph, lowered.ops)
+    lowered = lower_graph(graph, plan.layers if plan is not None else None)
+    mem = plan_memory(graph, lowered.ops)
     report = {
         "edgec_report_version": 1,
         "model": Path(model_path).name,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "target": target["name"],
         "precision": "float32" if is_float_graph(graph) else "int8",
-        "arena_bytes": plan.arena_bytes,
-        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "arena_bytes": mem.arena_bytes,
+        "arena_lower_bound_bytes": mem.lower_bound_bytes,
         "weights_bytes": 0,
         "inputs": [tensor_spec(graph.t(t)) for t in graph.inputs],
         "outputs": [tensor_spec(graph.t(t)) for t in graph.outputs],
-        "ops": _op_table(graph, lowered, plan),
+        "ops": _op_table(graph, lowered, mem),
     }
     if quant_report is not None:
         report["quantization"] = quant_report
     if adapter_rows:
         report["adapters"] = adapter_rows
-    if plan.arena_bytes > target["ram_bytes"]:
-        raise EdgecError(f"{model_path}: the arena needs {plan.arena_bytes} bytes but target {target['name']} has "
+    if mem.arena_bytes > target["ram_bytes"]:
+        raise EdgecError(f"{model_path}: the arena needs {mem.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")
     weights = sum(graph.t(t).nbytes for t in {a.tensor for lo in lowered.ops for a in lo.args
                                                 if a.kind == "tensor" and graph.t(a.tensor).is_const})
@@ -193,9 +221,9 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         raise EdgecError(f"{model_path}: the weights need {weights} bytes but target {target['name']} has "
                          f"{target['flash_bytes']} bytes of flash")
     report["build_seconds"] = 0.0
-    render_project(lowered, plan, Path(out_dir), model_bytes, Path(model_path).name, target, report)
+    render_project(lowered, mem, Path(out_dir), model_bytes, Path(model_path).name, target, report, slot_plan=plan)
     report["build_seconds"] = round(time.perf_counter() - start, 3)
-    return BuildResult(report, source_graph, graph, samples)
+    return BuildResult(report, source_graph, graph, samples, plan, slot_adapters)
 
 
 def _op_table(graph: Graph, lowered, plan) -> list[dict]:

@@ -83,6 +83,8 @@ def model_options(func):
         click.option("--adapter-map", type=click.Path(path_type=Path), default=None, metavar="MAP.json",
                      help="JSON object {PEFT module path: ONNX initializer or TFLite tensor name} (required for "
                           "TFLite base models)."),
+        click.option("--slots", "n_slots", type=click.IntRange(1, 32), default=None,
+                     help="slots mode: number of adapter slots [default: the number of --adapter]."),
     ]):
         func = option(func)
     return func
@@ -96,14 +98,14 @@ def model_options(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
 def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
               precision: str, input_layout: str, adapter_specs: tuple[str, ...], adapter_mode: str | None,
-              adapter_map: Path | None, as_json: bool) -> None:
+              adapter_map: Path | None, n_slots: int | None, as_json: bool) -> None:
     """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
     report = build(model, target, out_dir, precision=precision, calibration=calibration,
                    calibration_method=calibration_method, input_layout=input_layout,
                    warn=lambda m: click.echo(f"edgec: {m}", err=True), **_adapter_args(adapter_specs, adapter_mode,
-                                                                                    adapter_map))
+                                                                                    adapter_map, n_slots))
     if as_json:
         _emit_json(report)
         return
@@ -112,10 +114,18 @@ def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, 
     click.echo(f"wrote {out_dir} in {report['build_seconds']:.2f} s")
 
 
-def _adapter_args(specs: tuple[str, ...], mode: str | None, adapter_map: Path | None) -> dict:
+def _adapter_args(specs: tuple[str, ...], mode: str | None, adapter_map: Path | None,
+                  n_slots: int | None = None) -> dict:
     from edgec.frontends.peft_reader import parse_adapter_spec
 
-    return {"adapters": [parse_adapter_spec(s) for s in specs], "adapter_mode": mode, "adapter_map": adapter_map}
+    return {"adapters": [parse_adapter_spec(s) for s in specs], "adapter_mode": mode, "adapter_map": adapter_map,
+            "slots": n_slots}
+
+
+def _activate_option(func):
+    return click.option("--activate", "activate", multiple=True, metavar="NAME[:SCALE]",
+                        help="Slots mode: activate adapter NAME with SCALE (default 1.0, |SCALE| <= 16) before "
+                             "every inference; repeatable.")(func)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -159,10 +169,12 @@ def _input_sets(files: tuple[Path, ...], specs: list[dict]) -> list[list[np.ndar
 @click.option("--input", "input_files", multiple=True, type=click.Path(path_type=Path),
               help="Extra input .npy file(s), one per model input, checked besides the random ones.")
 @model_options
+@_activate_option
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, seed: int, input_files,
                calibration: str | None, calibration_method: str, precision: str, input_layout: str,
-               adapter_specs: tuple[str, ...], adapter_mode: str | None, adapter_map: Path | None, as_json: bool):
+               adapter_specs: tuple[str, ...], adapter_mode: str | None, adapter_map: Path | None,
+               n_slots: int | None, activate: tuple[str, ...], as_json: bool):
     """Compare edgec's C output with the reference runtimes. Exit 1 when it does not pass.
 
     int8 code must be bit-exact with TFLite Micro running the same int8 graph. Float and ONNX models are
@@ -182,7 +194,7 @@ def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, s
     extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
     result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json), precision=precision,
                     calibration=calibration, calibration_method=calibration_method, input_layout=input_layout,
-                    **_adapter_args(adapter_specs, adapter_mode, adapter_map))
+                    activate=activate, **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
     if as_json:
         _emit_json(result)
     else:
@@ -202,6 +214,8 @@ def _print_verify(result: dict, target: str) -> None:
                    + (f", max {result['max_lsb_difference']} LSB" if "max_lsb_difference" in result else ""))
     click.echo(f"arena {result['arena_bytes']:,} B (lower bound {result['arena_lower_bound_bytes']:,} B), "
                f"weights {result['weights_bytes']:,} B")
+    if result.get("bitexact_host_vs_target") is not None:
+        click.echo(f"host vs {result['on']}: {'BIT-EXACT' if result['bitexact_host_vs_target'] else 'MISMATCH'}")
     if result["instructions_per_inference"] is not None:
         click.echo(f"flash {result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B, "
                    f"{result['instructions_per_inference']:,} instructions per inference (QEMU)")
@@ -227,17 +241,22 @@ def _read_report(out_dir: Path) -> dict:
 @click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True)
 @click.option("--output", "-o", "out_file", required=True, type=click.Path(path_type=Path),
               help="Output .npy (single-output models) or .npz (several outputs, keyed by output name).")
+@_activate_option
 @click.option("--json", "as_json", is_flag=True)
-def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, as_json: bool) -> None:
-    """Run a built project (OUTDIR) on inputs from .npy files, on the host or under QEMU."""
+def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple[str, ...], as_json: bool) -> None:
+    """Run a built project (OUTDIR) on inputs from .npy files, on the host or under QEMU.
+
+    With --activate (slots projects), the harness activates those adapters before every inference."""
     import tempfile
 
-    from edgec.cli.verify import run_project
+    from edgec.cli.verify import parse_activations, run_project
 
     report = _read_report(out_dir)
     sets = _input_sets(tuple(input_files), report["inputs"])
+    scales = parse_activations(activate, report)
     with tempfile.TemporaryDirectory(prefix="edgec_run_") as tmp:
-        outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp))
+        outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp),
+                                        [scales] if any(scales) else None)
     stacked = [np.stack([rec[o] for rec in outputs]) for o in range(len(report["outputs"]))]
     if len(sets) == 1:
         stacked = [a[0] for a in stacked]

@@ -57,8 +57,9 @@ _NP_TO_IR = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np
 
 
 def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: bytes, model_name: str,
-                   target: dict, report: dict) -> None:
-    """Write the C project for `model` into `out_dir` atomically."""
+                   target: dict, report: dict, slot_plan=None) -> None:
+    """Write the C project for `model` into `out_dir` atomically. `slot_plan` (LoRA slots mode, an
+    edgec.passes.lora_slots.SlotPlan) adds src/adapters.c and src/edgec_adapters.h."""
     graph = model.graph
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES / "project")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -66,20 +67,24 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
     common = {"version": __version__, "model_name": model_name,
               "model_hash": hashlib.sha256(model_bytes).hexdigest(), "tvm_version": tvm.__version__}
 
-    arrays, calls = _arrays_and_calls(model, plan)
+    arrays, calls, slot_arrays = _arrays_and_calls(model, plan)
     prototypes = [_prototype(model.kernels_c, name) for name in model.kernel_params]
     weights_bytes = sum(a.nbytes for a in arrays)
     report["weights_bytes"] = weights_bytes
+    slots = _slot_context(slot_plan, slot_arrays)
+    if slots:
+        report["adapter_slots"] = slots["count"]
+        report["adapter_table_bytes"] = sum(a.nbytes for a in slot_arrays)
 
     def sizes(tids):
         return [graph.t(t).nbytes for t in tids]
 
     files = {
         "include/edgec_model.h": env.get_template("edgec_model.h.j2").render(
-            common, arena_bytes=plan.arena_bytes, weights_bytes=weights_bytes,
+            common, arena_bytes=plan.arena_bytes, weights_bytes=weights_bytes, slots=slots,
             inputs=[graph.t(t) for t in graph.inputs], outputs=[graph.t(t) for t in graph.outputs]),
         "src/model.c": env.get_template("model.c.j2").render(
-            common, calls=calls,
+            common, calls=calls, slots=slots,
             input_offsets=[plan.tensor_offset[t] for t in graph.inputs], input_sizes=sizes(graph.inputs),
             output_offsets=[plan.tensor_offset[t] for t in graph.outputs], output_sizes=sizes(graph.outputs)),
         "src/weights.c": env.get_template("weights.c.j2").render(common, arrays=arrays),
@@ -88,6 +93,10 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
+    if slots:
+        files["src/adapters.c"] = env.get_template("adapters.c.j2").render(common, slots=slots, arrays=slot_arrays)
+        files["src/edgec_adapters.h"] = env.get_template("edgec_adapters.h.j2").render(common, slots=slots,
+                                                                                       arrays=slot_arrays)
     for name in ("CMakeLists.txt.j2", "platformio.ini.j2", "library.json.j2", "cmake/arm-none-eabi.cmake.j2",
                  "examples/platformio/main.cpp.j2"):
         if name.startswith("cmake/") and not target.get("board"):
@@ -113,20 +122,34 @@ def _runtime_dirs(target: dict) -> dict[str, Path]:
     return dirs
 
 
-def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict]]:
+def _slot_context(slot_plan, slot_arrays: list[ConstArray]) -> dict | None:
+    """What the templates need about the adapter slots (None without slots)."""
+    if slot_plan is None:
+        return None
+    infos = [{"name": a.name, "id": a.id, "version": a.version, "rank": a.rank} for a in slot_plan.adapters]
+    infos += [{"name": "", "id": 0, "version": 0, "rank": 0}] * (slot_plan.slots - len(infos))
+    return {"count": slot_plan.slots, "infos": infos, "table_bytes": sum(a.nbytes for a in slot_arrays)}
+
+
+def _arrays_and_calls(model: LoweredModel, plan: Plan
+                      ) -> tuple[list[ConstArray], list[dict], list[ConstArray]]:
+    """Constant arrays of weights.c, the kernel calls, and the LoRA slot tables of adapters.c."""
     graph = model.graph
     arrays: list[ConstArray] = []
+    slot_arrays: list[ConstArray] = []
     by_content: dict[tuple, str] = {}
 
-    def const_symbol(array: np.ndarray, comment: str) -> str:
+    def const_symbol(array: np.ndarray, comment: str, into: list[ConstArray] | None = None,
+                     prefix: str = "edgec_const") -> str:
+        into = arrays if into is None else into
         array = np.ascontiguousarray(array)
-        key = (array.dtype.str, array.shape, array.tobytes())
+        key = (prefix, array.dtype.str, array.shape, array.tobytes())
         if key not in by_content:
-            name = f"edgec_const_{len(arrays)}"
+            name = f"{prefix}_{len(into)}"
             ctype = C_TYPES[_NP_TO_IR[array.dtype]]
-            arrays.append(ConstArray(name, ctype, max(array.size, 1), _c_literals(array if array.size else
-                                                                                   np.zeros(1, array.dtype)),
-                                     comment, array.nbytes))
+            into.append(ConstArray(name, ctype, max(array.size, 1), _c_literals(array if array.size else
+                                                                                 np.zeros(1, array.dtype)),
+                                   comment, array.nbytes))
             by_content[key] = name
         return by_content[key]
 
@@ -144,12 +167,17 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray]
                     args.append(f"({ctype} *)(edgec_arena + {plan.tensor_offset[a.tensor]}u)")
             elif a.kind == "const":
                 args.append(const_symbol(a.array, f"{lo.op.describe()}: compile-time constant"))
+            elif a.kind == "adapter":
+                args.append(const_symbol(a.array, f"{lo.op.describe()}: LoRA slot table {list(a.array.shape)}",
+                                         slot_arrays, "edgec_adapter_table"))
+            elif a.kind == "adapter_state":
+                args.append("edgec_adapter_state")
             else:
                 args.append(f"(void *)(edgec_arena + {scratch_cursor}u)")
                 scratch_cursor += a.scratch_bytes
         calls.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name.replace("*/", "* /"),
                       "kernel": kernel, "args": args})
-    return arrays, calls
+    return arrays, calls, slot_arrays
 
 
 def _prototype(kernels_c: str, name: str) -> str:

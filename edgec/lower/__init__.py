@@ -28,10 +28,19 @@ class LoweredModel:
     kernels_c: str  # C definitions of all kernels
 
 
-def lower_graph(graph: Graph) -> LoweredModel:
-    """Lower every op, share identical kernels, and emit all kernels as one C source."""
+def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredModel:
+    """Lower every op, share identical kernels, and emit all kernels as one C source.
+
+    `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
+    FULLY_CONNECTED ops using that weight get the slot kernel (edgec.lower.ops.conv)."""
+    from edgec.lower.ops.conv import lower_fully_connected_slots
+
+    slots = slots or {}
     lowered = []
     for op in graph.ops:
+        if op.type == "FULLY_CONNECTED" and len(op.inputs) > 1 and op.inputs[1] in slots:
+            lowered.append(lower_fully_connected_slots(graph, op, slots[op.inputs[1]]))
+            continue
         lower = lowering_for(graph, op)
         if lower is None:
             raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "

@@ -16,7 +16,8 @@ class Arg:
 
     kind "tensor": graph tensor `tensor` (an activation in the arena or a constant in flash);
     kind "const": an extra constant array made at compile time (e.g. per-channel multipliers);
-    kind "scratch": `scratch_bytes` of arena scratch, live only during this op.
+    kind "scratch": `scratch_bytes` of arena scratch, live only during this op;
+    kind "adapter": a LoRA slot table (const, src/adapters.c); kind "adapter_state": the slots' active scales.
     """
 
     kind: str
@@ -36,6 +37,16 @@ class Arg:
     @staticmethod
     def const(array: np.ndarray) -> Arg:
         return Arg("const", array=np.ascontiguousarray(array))
+
+    @staticmethod
+    def adapter_table(array: np.ndarray) -> Arg:
+        """A LoRA slot table: constant, placed in src/adapters.c (not weights.c)."""
+        return Arg("adapter", array=np.ascontiguousarray(array))
+
+    @staticmethod
+    def adapter_state() -> Arg:
+        """The per-slot active scales (int32 Q16, RAM), written by edgec_adapter_activate()."""
+        return Arg("adapter_state")
 
     @staticmethod
     def scratch(nbytes: int) -> Arg:

@@ -133,13 +133,16 @@ def _project_sources(project_dir: Path) -> tuple[list[Path], list[str]]:
     return sources, includes
 
 
-def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = ()) -> Path:
+def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = (),
+               extra_sources: Sequence[Path] = ()) -> Path:
     """Compile the project with the harness for the host; returns the executable (``harness IN OUT``).
 
-    ``extra_cflags`` is appended (e.g. ``["-fsanitize=address,undefined", "-g"]``).
+    ``extra_cflags`` is appended (e.g. ``["-fsanitize=address,undefined", "-g"]``); ``extra_sources`` are
+    compiled in too (e.g. the harness hooks that ``edgec run --activate`` generates).
     """
     ensure_tools()
     sources, includes = _project_sources(project_dir)
+    sources += [Path(p) for p in extra_sources]
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     exe = work_dir / "edgec_host"
@@ -148,10 +151,12 @@ def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = 
     return exe
 
 
-def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path) -> Path:
+def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
+                   extra_sources: Sequence[Path] = ()) -> Path:
     """Cross-compile the project with harness, semihosting and board startup; returns the ELF."""
     ensure_tools(target)
     sources, includes = _project_sources(project_dir)
+    sources += [Path(p) for p in extra_sources]
     board = RUNTIME_C / "boards" / target["board"]
     if not (board / "link.ld").is_file():
         raise ToolchainError(f"unknown board {target['board']!r}: no {board / 'link.ld'}")

@@ -27,6 +27,23 @@
 void edgec_bench_begin(void);
 void edgec_bench_end(void);
 
+/* Optional hooks (weak defaults do nothing), e.g. defined by `edgec run --activate` to set adapter slots:
+ * edgec_harness_setup() runs once after edgec_init(), edgec_harness_before_run(r) before the inference of
+ * record r (outside the benchmark markers). A non-zero return stops the harness with an error. */
+int edgec_harness_setup(void);
+int edgec_harness_before_run(unsigned long record);
+
+__attribute__((weak)) int edgec_harness_setup(void)
+{
+    return 0;
+}
+
+__attribute__((weak)) int edgec_harness_before_run(unsigned long record)
+{
+    (void)record;
+    return 0;
+}
+
 /* Written by the markers so their bodies differ: otherwise -O2 identical-code folding
  * could merge the two functions into one address. */
 volatile int edgec_bench_state;
@@ -171,6 +188,9 @@ int main(int argc, char **argv)
     if (record_bytes == 0) {
         fail(EDGEC_EXIT_BAD_MODEL, "model has no input bytes");
     }
+    if (edgec_harness_setup() != 0) {
+        fail(EDGEC_EXIT_INIT, "edgec_harness_setup() failed");
+    }
 
     harness_file in = open_file(in_path, 0);
     size = file_size(in);
@@ -186,6 +206,9 @@ int main(int argc, char **argv)
             if (!read_exact(in, edgec_input(i), edgec_input_bytes(i))) {
                 fail(EDGEC_EXIT_READ, "short read from input file");
             }
+        }
+        if (edgec_harness_before_run(r) != 0) {
+            fail(EDGEC_EXIT_RUN, "edgec_harness_before_run() failed");
         }
         if (r == 0) {
             edgec_bench_begin();

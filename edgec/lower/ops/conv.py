@@ -149,10 +149,13 @@ class Requant:
     def table(self) -> np.ndarray:
         return np.concatenate(self.sections).astype(np.int32)
 
-    def expr(self, q, acc, bias_offset: int, oc) -> tirx.PrimExpr:
-        """int8 output for the (int32 or uint32) accumulator `acc` of output channel `oc` (`q`: the table)."""
+    def expr(self, q, acc, bias_offset: int, oc, extra=None) -> tirx.PrimExpr:
+        """int8 output for the (int32 or uint32) accumulator `acc` of output channel `oc` (`q`: the table).
+        `extra`: an int64 term (LoRA slots) added to acc + bias, saturated to int32, before requantization."""
         # bias + acc in uint32: TFLM's int32 sum modulo 2^32 without signed overflow in C.
         total = i32(tirx.Cast("uint32", acc) + tirx.Cast("uint32", q[bias_offset + oc]))
+        if extra is not None:
+            total = i32(clamp(i64(total) + extra, -(2**31), _ACC_LIMIT))
         m = q[oc]
         if self.uniform_shift is not None:
             s = self.uniform_shift
@@ -378,6 +381,63 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant):
     return fully_connected
 
 
+def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP):
+    """FULLY_CONNECTED with S LoRA slots of rank <= R (see lower_fully_connected_slots).
+
+    Per batch row: t[s, r] = sum_k a[s, r, k] * (x[k] - XZP) (int32) for each active slot s (st[s] != 0);
+    per output channel: u = sum_r b[s, c, r] * t[s, r] (int64), v = (u * st[s] + 2^15) >> 16 (the user's
+    Q16 scale), delta += (v * m[s, c] + 2^(sh - 1)) >> sh; delta is added to the base accumulator
+    (saturated to int32) before the base requantization. No active slot: delta = 0, the base result."""
+    ACC = acc_dtype(K)
+
+    @T.prim_func(s_tir=True)
+    def fully_connected_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
+                              a_p: T.handle("int8"), b_p: T.handle("int8"), m_p: T.handle("int32"),
+                              st_p: T.handle("int32"), t_p: T.handle("int32"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((B * K,), "int8", data=x_p)
+        w = T.decl_buffer((OC * K,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        a = T.decl_buffer((S * R * K,), "int8", data=a_p)
+        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
+        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
+        st = T.decl_buffer((S,), "int32", data=st_p)
+        t = T.decl_buffer((S * R,), "int32", data=t_p)
+        y = T.decl_buffer((B * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((1,), ACC)
+        acc1 = T.sblock_alloc_buffer((1,), "int32")
+        acc2 = T.sblock_alloc_buffer((1,), "int64")
+        acc3 = T.sblock_alloc_buffer((1,), "int64")
+        for b in range(B):
+            for s in range(S):
+                if st[s] != 0:
+                    for r in range(R):
+                        acc1[0] = 0
+                        for k in range(K):
+                            acc1[0] = acc1[0] + (T.Cast("int32", x[b * K + k]) - XZP) \
+                                * T.Cast("int32", a[(s * R + r) * K + k])
+                        t[s * R + r] = acc1[0]
+            for oc in range(OC):
+                acc[0] = 0
+                for k in range(K):
+                    acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                                 (T.Cast("int32", w[oc * K + k]) - WZP))
+                acc3[0] = T.int64(0)
+                for s in range(S):
+                    if st[s] != 0:
+                        acc2[0] = T.int64(0)
+                        for r in range(R):
+                            acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) \
+                                * T.Cast("int64", t[s * R + r])
+                        acc3[0] = acc3[0] + T.shift_right(
+                            T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
+                            * T.Cast("int64", m[(s * OC + oc) * 2])
+                            + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
+                            T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
+                y[b * OC + oc] = rq.expr(q, acc[0], BI, oc, extra=acc3[0])
+    return fully_connected_slots
+
+
 def fill_func(SIZE, VALUE):
     """The fused activation range is a single value: every output is that value."""
 
@@ -485,6 +545,100 @@ def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
         xzp_in, bi, _ = _bias_sections(rq, bias, None, x.zero_point, False)
     func = fully_connected_func(batches, k, oc, xzp_in, wzp, bi, rq)
     return _lowered(op, y, rq, func, "fully_connected")
+
+
+# --- LoRA slots --------------------------------------------------------------------------------------
+
+SLOT_SCALE_ONE = 1 << 16  # the user's adapter scale 1.0 (Q16)
+SLOT_SCALE_MAX = 16 << 16  # |scale| <= 16.0, which bounds the int64 products below
+_SLOT_U_LIMIT = 2**42  # |u| * SLOT_SCALE_MAX and |v| * 2^15 stay below 2^62
+_SLOT_MAX_SHIFT = 62
+
+
+def _round_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def slot_tables(graph: Graph, op: Op, w_scales: np.ndarray, factors: list, rank: int, k: int, oc: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int8 A [S, R, K] (per-tensor scale 1/127 after folding each row's max into B), int8 B [S, OC, R]
+    (per output channel) and int32 (multiplier, shift) [S, OC, 2] with multiplier / 2^shift = s_A * s_B[c] /
+    s_w[c] (the branch's scale in units of the base accumulator). `factors[s]`: float (A [r, K],
+    B [OC, r]) with ΔW = B @ A in the IR layout, or None when slot s does not adapt this layer."""
+    n = len(factors)
+    a_q = np.zeros((n, rank, k), np.int8)
+    b_q = np.zeros((n, oc, rank), np.int8)
+    mult = np.zeros((n, oc, 2), np.int32)
+    mult[:, :, 1] = 1
+    sw = np.broadcast_to(np.asarray(w_scales, np.float64), (oc,))
+    for s, f in enumerate(factors):
+        if f is None:
+            continue
+        a, b = np.asarray(f[0], np.float64), np.asarray(f[1], np.float64)
+        r = a.shape[0]
+        rowmax = np.abs(a).max(1)
+        rowmax[rowmax == 0] = 1.0
+        a, b = a / rowmax[:, None], b * rowmax[None, :]  # fold A's per-row scale into B
+        aq = np.clip(_round_away(a * 127.0), -127, 127)
+        sb = np.abs(b).max(1) / 127.0
+        bq = np.clip(_round_away(b / np.where(sb > 0, sb, 1.0)[:, None]), -127, 127)
+        a_q[s, :r], b_q[s, :, :r] = aq, bq
+        umax = (np.abs(bq) @ (255.0 * np.abs(aq).sum(1))).max(initial=0.0)
+        if umax >= _SLOT_U_LIMIT:
+            raise _fail(graph, op, f"adapter slot {s}: the LoRA branch can reach {umax:.3g} (int64 overflow risk)",
+                        "|B t| < 2^42")
+        for c in range(oc):
+            real = (1.0 / 127.0) * sb[c] / sw[c]
+            if real == 0:
+                continue
+            frac, exp = np.frexp(real)
+            m = int(np.floor(float(frac) * 2**15 + 0.5))
+            if m == 2**15:
+                m, exp = 2**14, exp + 1
+            shift = 15 - int(exp)
+            if shift < 1:
+                raise _fail(graph, op, f"adapter slot {s}: the LoRA branch of channel {c} is {real:.3g} times the "
+                                       "base weights' quantization step (the adapter dwarfs the base layer)",
+                            "adapters smaller than 2^14 base weight steps")
+            if shift > _SLOT_MAX_SHIFT:
+                continue  # contributes less than 2^-47 accumulator units
+            mult[s, c] = (m, shift)
+    return a_q, b_q, mult
+
+
+def lower_fully_connected_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
+    """FULLY_CONNECTED with LoRA adapter slots (`factors`: per slot (A, B) floats or None). Extra kernel
+    args: the slot tables (adapters.c, flash), the per-slot active scales (Q16, RAM) and int32 scratch for t.
+    With no slot active the result equals lower_fully_connected's bit for bit."""
+    x, w, y = _check_tensors(graph, op, 2)
+    oc, k = w.shape
+    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
+        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
+                    "input size a multiple of the weights' columns, output (..., output channels)")
+    if k * 255 * 127 > _ACC_LIMIT:
+        raise _fail(graph, op, f"{k} input features with adapter slots", "at most 66313 (int32 LoRA sums)")
+    base = lower_fully_connected(graph, op)
+    if base.kind == "fill":
+        return base  # the output is one value whatever the adapters do
+    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
+    scales = _weight_scales(graph, op, w, oc)
+    bias = _bias(graph, op, oc)
+    if len(scales) > 1:
+        mult, shift = conv_multipliers(x, scales, y, oc)
+        wzp = 0
+    else:
+        real = float(np.float32(x.scale) * np.float32(scales[0])) / float(np.float32(y.scale))
+        mult, shift = _multipliers([real] * oc)
+        wzp = int(w.quant.zero_point[0])
+    rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
+    wsum = (w.data.astype(np.int64) - wzp).sum(1) if w.is_const else None
+    xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
+    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
+    func = fully_connected_slots_func(x.size // k, k, oc, xzp_in, wzp, bi, rq, len(factors), rank, x.zero_point)
+    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
+            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
+            Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind="fully_connected_slots")
 
 
 LOWERINGS = {

@@ -1,0 +1,285 @@
+"""LoRA slots mode: several PEFT adapters (made at test time with torch + peft) compiled beside the frozen
+int8 base of a two-Linear model, switched at run time. Oracles: the build without adapters (bit-exact when
+no slot is active), PEFT's own merged float model (W + sum scale_i * ΔW_i from merge_and_unload), TFLite
+Micro on the base graph, and the host build vs QEMU (bit-exact)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="LoRA tests need PyTorch (pip install torch) to make adapters")
+peft = pytest.importorskip("peft", reason="LoRA tests need peft (pip install peft) to make adapters")
+
+from click.testing import CliRunner
+
+from edgec.cli.main import main
+from edgec.cli.verify import run_project
+from edgec.pipeline import build
+from edgec.targets import load_target
+from edgec.toolchain.runner import ToolchainError, ensure_tools
+
+nn = torch.nn
+ONE = 1 << 16  # Q16 scale 1.0
+# Bound (docs/adapters.md): int8 slots output vs PEFT's float merged model, on the calibration inputs.
+MIN_SQNR_DB = 30.0
+MAX_ABS_ERROR = 0.1
+ADAPTERS = {  # name -> (seed, LoraConfig)
+    "a": (1, {"r": 4, "lora_alpha": 4, "target_modules": ["0", "2"]}),
+    "b": (2, {"r": 2, "lora_alpha": 4, "target_modules": ["2"]}),
+    "c": (3, {"r": 8, "lora_alpha": 8, "target_modules": ["0"]}),
+}
+
+
+def _cli(*args) -> tuple[int, str]:
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res.exit_code, res.output + (res.stderr if hasattr(res, "stderr") and res.stderr else "")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("slots")
+    torch.manual_seed(4)
+    base = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    deltas = {}
+    for name, (seed, cfg) in ADAPTERS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**cfg))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_" in pname:
+                    p.copy_(torch.randn_like(p) * 0.08)  # fresh B is zero: a no-op adapter would prove nothing
+        model.save_pretrained(str(work / name))
+        merged = model.merge_and_unload()
+        # PEFT's own ΔW of every layer (merged weights minus the base's).
+        deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(base, (torch.zeros(1, 16),), str(work / "mlp.onnx"), dynamo=False,
+                          do_constant_folding=False, input_names=["x"], output_names=["y"])
+    cal = np.random.default_rng(5).normal(size=(48, 1, 16)).astype(np.float32)
+    np.savez(work / "cal.npz", x=cal)
+    adapters = [(n, work / n) for n in ADAPTERS]
+    opts = {"calibration": str(work / "cal.npz"), "warn": lambda m: None}
+    report = build(work / "mlp.onnx", "cortex-m4", work / "slots", adapters=adapters, adapter_mode="slots", **opts)
+    base_report = build(work / "mlp.onnx", "host", work / "base", **opts)
+    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report,
+            "base_report": base_report}
+
+
+def _peft_reference(setup, scales: dict[str, float], xs: np.ndarray) -> np.ndarray:
+    """PEFT semantics: W + sum_i scale_i * ΔW_i, ΔW_i from PEFT's merge_and_unload."""
+    model = copy.deepcopy(setup["base"])
+    state = model.state_dict()
+    for name, s in scales.items():
+        for k, d in setup["deltas"][name].items():
+            state[k] = state[k] + s * torch.from_numpy(d)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model(torch.from_numpy(xs)).numpy()
+
+
+def _run(setup, project: str, on: str, schedule=None, inputs=None) -> np.ndarray:
+    xs = setup["cal"] if inputs is None else inputs
+    report = setup["base_report"] if project == "base" else setup["report"]
+    work = setup["work"] / f"run_{project}_{on}_{abs(hash(str(schedule))) % 10**8}"
+    outs, _ = run_project(setup["work"] / project, report, [[x] for x in xs], on, work, schedule)
+    return np.stack([o[0] for o in outs])
+
+
+def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10((want.astype(np.float64) ** 2).sum() / ((got - want).astype(np.float64) ** 2).sum()))
+
+
+def test_report_and_tables(setup) -> None:
+    report = setup["report"]
+    assert report["adapter_slots"] == 3 and report["adapter_table_bytes"] > 0
+    assert [(a["name"], a["slot"], a["rank"]) for a in report["adapters"]] == [("a", 0, 4), ("b", 1, 2), ("c", 2, 8)]
+    assert sorted(r["kernel"].rsplit("_", 1)[0] for r in report["ops"] if r["type"] == "FULLY_CONNECTED") == \
+        ["edgec_k_fully_connected_slots"] * 2
+    src = (setup["work"] / "slots" / "src" / "adapters.c").read_text()
+    assert report["model_sha256"] in src and '"a"' in src and '"c"' in src
+
+
+def test_no_adapter_active_is_bitexact_with_the_base_build(setup) -> None:
+    xs = np.concatenate([setup["cal"], np.random.default_rng(9).normal(0, 3, (16, 1, 16)).astype(np.float32)])
+    want = _run(setup, "base", "host", inputs=xs)
+    assert np.array_equal(_run(setup, "slots", "host", inputs=xs), want)
+    # Explicitly deactivated slots (scale 0 rows) give the same bits.
+    assert np.array_equal(_run(setup, "slots", "host", schedule=[[0, 0, 0]], inputs=xs), want)
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_each_adapter_alone_vs_peft(setup, name: str) -> None:
+    schedule = [[ONE if n == name else 0 for n in ADAPTERS]]
+    got = _run(setup, "slots", "host", schedule).astype(np.float64)
+    want = _peft_reference(setup, {name: 1.0}, setup["cal"][:, 0]).reshape(got.shape)
+    base = _peft_reference(setup, {}, setup["cal"][:, 0]).reshape(got.shape)
+    assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR
+    # The adapter really changes the output, and the slot output follows it, not the base.
+    assert np.abs(want - base).max() > 5 * np.abs(got - want).max() or _sqnr(got, want) > _sqnr(got, base) + 10
+
+
+def test_two_adapters_weighted(setup) -> None:
+    got = _run(setup, "slots", "host", [[ONE, ONE // 2, 0]]).astype(np.float64)
+    want = _peft_reference(setup, {"a": 1.0, "b": 0.5}, setup["cal"][:, 0]).reshape(got.shape)
+    only_a = _peft_reference(setup, {"a": 1.0}, setup["cal"][:, 0]).reshape(got.shape)
+    assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR
+    assert _sqnr(got, want) > _sqnr(got, only_a)
+
+
+def test_switching_between_inferences_qemu_matches_host(setup) -> None:
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    xs = setup["cal"][:8]
+    # One firmware, the active set changes before every inference.
+    schedule = [[0, 0, 0], [ONE, 0, 0], [0, ONE, 0], [0, 0, ONE], [ONE, ONE // 2, 0], [-ONE // 4, 0, 3 * ONE],
+                [0, 0, 0], [ONE, ONE, ONE]]
+    qemu = _run(setup, "slots", "qemu", schedule, inputs=xs)
+    host = _run(setup, "slots", "host", schedule, inputs=xs)
+    assert np.array_equal(qemu, host)
+    # Each record equals a run with that record's activation fixed (switching has no memory).
+    for i in (1, 4, 6):
+        assert np.array_equal(host[i], _run(setup, "slots", "host", [schedule[i]], inputs=xs[i:i + 1])[0])
+
+
+def test_verify_cli_qemu(setup) -> None:
+    work = setup["work"]
+    args = ["verify", work / "mlp.onnx", "-t", "cortex-m4", "--on", "qemu", "--calibration", work / "cal.npz",
+            *[x for n in ADAPTERS for x in ("--adapter", f"{n}={work / n}")], "--adapter-mode", "slots"]
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    code, out = _cli(*args, "--activate", "a", "--activate", "b:0.5", "--json")
+    assert code == 0, out
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["bitexact_host_vs_target"] is True and r["active_adapters"] == {"a": 1.0, "b": 0.5}
+    assert r["sqnr_db"] >= MIN_SQNR_DB and r["max_abs_error"] <= MAX_ABS_ERROR
+    # Nothing active: bit-exact with TFLite Micro on the base graph as well.
+    code, out = _cli(*args, "--json")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and r["bitexact"] is True and r["bitexact_host_vs_target"] is True, out
+
+
+def test_run_cli_activate(setup) -> None:
+    work = setup["work"]
+    np.save(work / "in.npy", setup["cal"][:6])
+    code, out = _cli("run", work / "slots", "--input", work / "in.npy", "-o", work / "out.npy",
+                     "--activate", "c:0.75", "--activate", "a")
+    assert code == 0, out
+    want = _run(setup, "slots", "host", [[ONE, 0, 3 * ONE // 4]], inputs=setup["cal"][:6])
+    assert np.array_equal(np.load(work / "out.npy").reshape(want.shape), want)
+    for bad, msg in (("zz", "no adapter named 'zz'"), ("a:x", "is not a number"), ("a:17", "out of range")):
+        code, out = _cli("run", work / "slots", "--input", work / "in.npy", "-o", work / "o.npy", "--activate", bad)
+        assert code == 2 and msg in out, out
+    code, out = _cli("run", work / "base", "--input", work / "in.npy", "-o", work / "o.npy", "--activate", "a")
+    assert code == 2 and "no adapter slots" in out
+
+
+C_MAIN = r"""
+#include <stdio.h>
+#include <string.h>
+#include "edgec_model.h"
+
+int main(void)
+{
+    edgec_adapter_info_t info;
+    edgec_health_t h;
+    int32_t s = 7;
+    edgec_init();
+    printf("%d %d %d %d\n", EDGEC_NUM_ADAPTER_SLOTS, edgec_adapter_activate(-1, 65536),
+           edgec_adapter_activate(EDGEC_NUM_ADAPTER_SLOTS, 65536), edgec_adapter_activate(0, EDGEC_ADAPTER_SCALE_MAX + 1));
+    printf("%d %d %d\n", edgec_adapter_info(99, &info), edgec_adapter_info(0, NULL), edgec_adapter_scale(0, NULL));
+    printf("%d %d %d\n", edgec_adapter_active(-3), edgec_adapter_deactivate(4), edgec_adapter_active(0));
+    printf("%d %d %d\n", edgec_adapter_activate(0, EDGEC_ADAPTER_SCALE(1.0)),
+           edgec_adapter_activate(2, EDGEC_ADAPTER_SCALE(-0.5)), edgec_adapter_activate(3, 65536));
+    edgec_health(&h);
+    edgec_adapter_scale(2, &s);
+    printf("%u %u %d %d\n", (unsigned)h.active_adapters, (unsigned)edgec_adapter_active_mask(), (int)s,
+           edgec_adapter_active(2));
+    for (int i = 0; i < EDGEC_NUM_ADAPTER_SLOTS; i++) {
+        if (edgec_adapter_info(i, &info) != EDGEC_OK) return 1;
+        printf("%s %u %u %u %s\n", info.name[0] ? info.name : "-", (unsigned)info.rank, (unsigned)info.version,
+               (unsigned)(info.id != 0), info.base_sha256);
+    }
+    if (edgec_run() != EDGEC_OK) return 2;
+    edgec_adapter_deactivate(0);
+    edgec_health(&h);
+    printf("%u %u\n", (unsigned)h.active_adapters, (unsigned)edgec_adapter_active_mask());
+    edgec_init(); /* deactivates every slot */
+    edgec_health(&h);
+    printf("%u\n", (unsigned)h.active_adapters);
+    return 0;
+}
+"""
+
+
+def _compile_main(tmp_path: Path, project: Path) -> list[str]:
+    (tmp_path / "main.c").write_text(C_MAIN)
+    exe = tmp_path / "t"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{project / 'include'}",
+                    str(tmp_path / "main.c"), *map(str, sorted((project / "src").glob("*.c"))),
+                    "-lm", "-o", str(exe)], check=True)
+    return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_c_api_error_codes(setup, tmp_path) -> None:
+    work = setup["work"]
+    # 4 slots for 3 adapters: slot 3 is empty.
+    report = build(work / "mlp.onnx", "host", tmp_path / "p", adapters=[(n, work / n) for n in ADAPTERS],
+                   adapter_mode="slots", slots=4, calibration=str(work / "cal.npz"), warn=lambda m: None)
+    h = report["model_sha256"]
+    assert _compile_main(tmp_path, tmp_path / "p") == [
+        "4 -4 -4 -5", "-4 -5 -5", "-4 -4 0", "0 0 -4", "2 5 -32768 1",
+        f"a 4 1 1 {h}", f"b 2 1 1 {h}", f"c 8 1 1 {h}", f"- 0 0 0 {h}",
+        "1 4", "0"]
+    # A model without slots: every slot call is an error, nothing active.
+    lines = _compile_main(tmp_path, work / "base")
+    assert lines[:5] == ["0 -4 -4 -4", "-4 -4 -4", "-4 -4 -4", "-4 -4 -4", "0 0 7 -4"]
+
+
+def test_refusals(setup, tmp_path) -> None:
+    work = setup["work"]
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(copy.deepcopy(conv), peft.LoraConfig(r=2, target_modules=["0", "3"]))
+        torch.onnx.export(conv, (torch.zeros(1, 3, 4, 4),), str(tmp_path / "conv.onnx"), dynamo=False,
+                          do_constant_folding=False)
+    model.save_pretrained(str(tmp_path / "ca"))
+    code, out = _cli("build", tmp_path / "conv.onnx", "-t", "host", "-o", tmp_path / "o", "--calibration", "random",
+                     "--adapter", f"a={tmp_path / 'ca'}", "--adapter-mode", "slots")
+    assert code == 2 and "slots mode supports FULLY_CONNECTED layers so far" in out, out
+    base = ["build", work / "mlp.onnx", "-t", "host", "-o", tmp_path / "o2", "--calibration", work / "cal.npz",
+            "--adapter", f"a={work / 'a'}", "--adapter", f"b={work / 'b'}"]
+    code, out = _cli(*base, "--adapter-mode", "slots", "--slots", "1")
+    assert code == 2 and "--slots 1 is less than the 2 adapters" in out, out
+    code, out = _cli(*base, "--adapter-mode", "slots", "--precision", "float32")
+    assert code == 2 and "int8 code only" in out, out
+    code, out = _cli(*base[:-4], "--slots", "2")
+    assert code == 2 and "--slots needs --adapter-mode slots" in out, out
+    assert not (tmp_path / "o2").exists()
+    # An int8 base (here edgec's own quantization of the model, as .tflite).
+    from edgec.frontends.onnx_reader import read_onnx
+    from edgec.oracle.ir_export import graph_to_tflite
+    from edgec.quantize import quantize_graph
+
+    qgraph = quantize_graph(read_onnx(work / "mlp.onnx"), [[x] for x in setup["cal"]])
+    (tmp_path / "int8.tflite").write_bytes(graph_to_tflite(qgraph))
+    fc = [qgraph.t(op.inputs[1]).name for op in qgraph.ops if op.type == "FULLY_CONNECTED"]
+    (tmp_path / "map.json").write_text(json.dumps({"2": fc[1]}))
+    code, out = _cli("build", tmp_path / "int8.tflite", "-t", "host", "-o", tmp_path / "o3", "--adapter",
+                     f"b={work / 'b'}", "--adapter-map", tmp_path / "map.json", "--adapter-mode", "slots")
+    assert code == 2 and "slots mode needs a float base model so far" in out, out
