@@ -1,5 +1,5 @@
 """LoRA slots mode: several PEFT adapters (made at test time with torch + peft) compiled beside the frozen
-int8 base of a two-Linear model, switched at run time. Oracles: the build without adapters (bit-exact when
+int8 base of a two-Linear model and of a conv-conv-Linear model, switched at run time. Oracles: the build without adapters (bit-exact when
 no slot is active), PEFT's own merged float model (W + sum scale_i * ΔW_i from merge_and_unload), TFLite
 Micro on the base graph, and the host build vs QEMU (bit-exact)."""
 
@@ -252,16 +252,16 @@ def test_c_api_error_codes(setup, tmp_path) -> None:
 def test_refusals(setup, tmp_path) -> None:
     work = setup["work"]
     torch.manual_seed(0)
-    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).eval()
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = peft.get_peft_model(copy.deepcopy(conv), peft.LoraConfig(r=2, target_modules=["0", "3"]))
-        torch.onnx.export(conv, (torch.zeros(1, 3, 4, 4),), str(tmp_path / "conv.onnx"), dynamo=False,
+        model = peft.get_peft_model(copy.deepcopy(conv), peft.LoraConfig(r=4, target_modules=["0", "3"]))
+        torch.onnx.export(conv, (torch.zeros(1, 4, 4, 4),), str(tmp_path / "conv.onnx"), dynamo=False,
                           do_constant_folding=False)
     model.save_pretrained(str(tmp_path / "ca"))
     code, out = _cli("build", tmp_path / "conv.onnx", "-t", "host", "-o", tmp_path / "o", "--calibration", "random",
                      "--adapter", f"a={tmp_path / 'ca'}", "--adapter-mode", "slots")
-    assert code == 2 and "slots mode supports FULLY_CONNECTED layers so far" in out, out
+    assert code == 2 and "slots mode supports FULLY_CONNECTED and CONV_2D (groups=1) layers" in out, out
     base = ["build", work / "mlp.onnx", "-t", "host", "-o", tmp_path / "o2", "--calibration", work / "cal.npz",
             "--adapter", f"a={work / 'a'}", "--adapter", f"b={work / 'b'}"]
     code, out = _cli(*base, "--adapter-mode", "slots", "--slots", "1")
@@ -283,3 +283,83 @@ def test_refusals(setup, tmp_path) -> None:
     code, out = _cli("build", tmp_path / "int8.tflite", "-t", "host", "-o", tmp_path / "o3", "--adapter",
                      f"b={work / 'b'}", "--adapter-map", tmp_path / "map.json", "--adapter-mode", "slots")
     assert code == 2 and "slots mode needs a float base model so far" in out, out
+
+
+# --- CONV_2D slots ------------------------------------------------------------------------------------------
+
+CONV_ADAPTERS = {  # name -> (seed, LoraConfig); modules 0 (3x3 conv), 2 (1x1 conv), 4 (Linear)
+    "a": (11, {"r": 4, "lora_alpha": 4, "target_modules": ["0", "2", "4"]}),
+    "b": (12, {"r": 2, "lora_alpha": 4, "target_modules": ["0", "2", "4"]}),
+}
+CONV_IN = (1, 3, 6, 6)
+
+
+@pytest.fixture(scope="module")
+def conv_setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("conv_slots")
+    torch.manual_seed(6)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3, stride=1, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 10)).eval()
+    deltas = {}
+    for name, (seed, cfg) in CONV_ADAPTERS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**cfg))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_" in pname:
+                    p.copy_(torch.randn_like(p) * 0.08)
+        model.save_pretrained(str(work / name))
+        merged = model.merge_and_unload()
+        deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(base, (torch.zeros(*CONV_IN),), str(work / "cnn.onnx"), dynamo=False,
+                          do_constant_folding=False, input_names=["x"], output_names=["y"])
+    cal = np.random.default_rng(7).normal(size=(48, *CONV_IN)).astype(np.float32)
+    np.savez(work / "cal.npz", x=cal)
+    opts = {"calibration": str(work / "cal.npz"), "warn": lambda m: None}
+    report = build(work / "cnn.onnx", "cortex-m4", work / "slots", adapters=[(n, work / n) for n in CONV_ADAPTERS],
+                   adapter_mode="slots", **opts)
+    base_report = build(work / "cnn.onnx", "host", work / "base", **opts)
+    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report, "base_report": base_report}
+
+
+def test_conv_slot_kernels(conv_setup) -> None:
+    kernels = sorted((r["type"], r["kernel"].rsplit("_", 1)[0]) for r in conv_setup["report"]["ops"]
+                     if r["type"] in ("CONV_2D", "FULLY_CONNECTED"))
+    assert kernels == [("CONV_2D", "edgec_k_conv2d_slots")] * 2 + [("FULLY_CONNECTED", "edgec_k_fully_connected_slots")]
+
+
+def test_conv_no_adapter_active_is_bitexact_with_the_base_build(conv_setup) -> None:
+    xs = np.concatenate([conv_setup["cal"], np.random.default_rng(8).normal(0, 3, (8, *CONV_IN)).astype(np.float32)])
+    want = _run(conv_setup, "base", "host", inputs=xs)
+    assert np.array_equal(_run(conv_setup, "slots", "host", inputs=xs), want)
+    assert np.array_equal(_run(conv_setup, "slots", "host", schedule=[[0, 0]], inputs=xs), want)
+
+
+@pytest.mark.parametrize("scales", [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 0.5}], ids=["a", "b", "a+0.5b"])
+def test_conv_adapters_vs_peft(conv_setup, scales: dict[str, float]) -> None:
+    schedule = [[round(scales.get(n, 0) * ONE) for n in CONV_ADAPTERS]]
+    got = _run(conv_setup, "slots", "host", schedule).astype(np.float64)
+    want = _peft_reference(conv_setup, scales, conv_setup["cal"][:, 0]).reshape(got.shape)
+    base = _peft_reference(conv_setup, {}, conv_setup["cal"][:, 0]).reshape(got.shape)
+    print(f"{scales}: {_sqnr(got, want):.1f} dB, max abs {np.abs(got - want).max():.3f}, "
+          f"adapter moves the output by {np.abs(want - base).max():.3f}")
+    assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR
+    assert np.abs(want - base).max() > 5 * np.abs(got - want).max() or _sqnr(got, want) > _sqnr(got, base) + 10
+
+
+def test_conv_switching_qemu_matches_host(conv_setup) -> None:
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    xs = conv_setup["cal"][:6]
+    schedule = [[0, 0], [ONE, 0], [0, ONE], [ONE, ONE // 2], [-ONE // 2, 2 * ONE], [0, 0]]
+    qemu = _run(conv_setup, "slots", "qemu", schedule, inputs=xs)
+    host = _run(conv_setup, "slots", "host", schedule, inputs=xs)
+    assert np.array_equal(qemu, host)
+    assert np.array_equal(host[0], _run(conv_setup, "base", "host", inputs=xs[:1])[0])
+    assert np.array_equal(host[3], _run(conv_setup, "slots", "host", [schedule[3]], inputs=xs[3:4])[0])

@@ -32,14 +32,15 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
     """Lower every op, share identical kernels, and emit all kernels as one C source.
 
     `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
-    FULLY_CONNECTED ops using that weight get the slot kernel (edgec.lower.ops.conv)."""
-    from edgec.lower.ops.conv import lower_fully_connected_slots
+    FULLY_CONNECTED / CONV_2D ops using that weight get the slot kernel (edgec.lower.ops.conv)."""
+    from edgec.lower.ops.conv import lower_conv2d_slots, lower_fully_connected_slots
 
     slots = slots or {}
+    slot_lowerings = {"FULLY_CONNECTED": lower_fully_connected_slots, "CONV_2D": lower_conv2d_slots}
     lowered = []
     for op in graph.ops:
-        if op.type == "FULLY_CONNECTED" and len(op.inputs) > 1 and op.inputs[1] in slots:
-            lowered.append(lower_fully_connected_slots(graph, op, slots[op.inputs[1]]))
+        if op.type in slot_lowerings and len(op.inputs) > 1 and op.inputs[1] in slots:
+            lowered.append(slot_lowerings[op.type](graph, op, slots[op.inputs[1]]))
             continue
         lower = lowering_for(graph, op)
         if lower is None:

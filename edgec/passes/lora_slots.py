@@ -3,12 +3,13 @@
 This pass binds each adapter's modules to the base's weights exactly as fuse mode does
 (`edgec.passes.lora_fuse.bind` / `ir_delta`: names, --adapter-map, BatchNorm scaling, layouts) and
 returns, per adapted weight and slot, float factors (A [r, K], B [OC, r]) with B @ A = ΔW in the IR layout
-(a rank-r SVD of ΔW, so the layout steps of the ONNX reader need no factor-wise rewrite). The graph itself is
-not changed: the base is quantized without adapters, and the FULLY_CONNECTED lowering
-(`edgec.lower.ops.conv.lower_fully_connected_slots`) quantizes the factors against the base's scales.
+(K = KH*KW*IC for a conv; a rank-r SVD of ΔW, so the layout steps of the ONNX reader need no factor-wise
+rewrite). The graph itself is not changed: the base is quantized without adapters, and the lowering
+(`edgec.lower.ops.conv.lower_fully_connected_slots` / `lower_conv2d_slots`) quantizes the factors against the
+base's scales.
 
-Supported so far: FULLY_CONNECTED layers of a float base model, int8 code. Conv layers, int8 bases and
---precision float32 are refused with EdgecError.
+Supported so far: FULLY_CONNECTED and CONV_2D (groups=1) layers of a float base model, int8 code.
+Depthwise/grouped convs, int8 bases and --precision float32 are refused with EdgecError.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _factors(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 def plan_slots(graph: Graph, adapters: list[Adapter], n_slots: int | None = None,
                adapter_map: dict[str, str] | None = None) -> SlotPlan:
-    """Bind every adapter to the graph's FULLY_CONNECTED weights and factor its ΔW per layer."""
+    """Bind every adapter to the graph's FULLY_CONNECTED / CONV_2D weights and factor its ΔW per layer."""
     n_slots = len(adapters) if n_slots is None else n_slots
     if n_slots < len(adapters):
         raise _err(graph, f"--slots {n_slots} is less than the {len(adapters)} adapters given")
@@ -84,16 +85,20 @@ def plan_slots(graph: Graph, adapters: list[Adapter], n_slots: int | None = None
             for tid in b.tids:
                 ops = users[tid]
                 where = f"adapter '{adapter.name}' module '{b.module.path}' -> '{b.target}'"
-                bad = [op for op in ops if op.type != "FULLY_CONNECTED"]
+                bad = [op for op in ops if op.type not in ("FULLY_CONNECTED", "CONV_2D") or (
+                    op.type == "CONV_2D" and graph.t(op.inputs[0]).shape[-1] != graph.t(tid).shape[-1])]
                 if bad:
-                    raise _err(graph, f"{where} ({bad[0].describe()}): slots mode supports FULLY_CONNECTED layers so "
-                                      "far; use --adapter-mode fuse for adapters on convolutions")
+                    raise _err(graph, f"{where} ({bad[0].describe()}): slots mode supports FULLY_CONNECTED and "
+                                      "CONV_2D (groups=1) layers; PEFT's LoRA on a depthwise/grouped convolution is "
+                                      "not a change of its weights (not fusable either)")
                 t = graph.t(tid)
                 if t.dtype != "float32":
                     raise _err(graph, f"{where}: weight '{t.name}' is {t.dtype}: slots mode needs a float base model "
                                       "so far (it quantizes the base itself); use --adapter-mode fuse for int8 bases")
                 delta, _ = ir_delta(graph, b, tid, ops[0])
-                layers.setdefault(tid, [None] * n_slots)[s] = _factors(delta, b.module.rank)
+                # conv ΔW [OC, KH, KW, IC] -> [OC, KH*KW*IC]: A's rows are conv filters in the weights' tap order
+                layers.setdefault(tid, [None] * n_slots)[s] = _factors(delta.reshape(delta.shape[0], -1),
+                                                                       b.module.rank)
             rank = max(rank, b.module.rank)
             modules.append({"module": b.module.path, "target": b.target,
                             "tensors": [graph.t(tid).name for tid in b.tids], "rank": b.module.rank,

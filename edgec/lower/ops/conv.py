@@ -213,9 +213,10 @@ def mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr
 
 
 def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
-                rq: Requant):
+                rq: Requant, pixel_macro: bool = False):
     """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
-    Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB."""
+    Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB.
+    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[OB], n, oh, ow) instead."""
     IC = C // G
     FPG = OC // G
     ACC = acc_dtype(KH * KW * IC)
@@ -223,6 +224,79 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     ROW = KW * IC if DW == 1 and G == 1 else 0
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
+
+    # One output pixel (all channels); the LoRA slots kernel reuses it when no slot is active.
+    @T.macro
+    def pixel(x, w, q, y, acc, n, oh, ow):
+        if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
+                          and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
+            if ROW > 0:
+                # OB output channels at a time: each input byte is loaded once for OB MACs.
+                for ocb in range(OC // OB):
+                    for i in T.unroll(OB):
+                        acc[i] = 0
+                    for kh in range(KH):
+                        if UNROLL_ROW:
+                            for j in T.unroll(ROW):
+                                for i in T.unroll(OB):
+                                    acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL) * C + j]) - XZP_IN,
+                                        T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
+                        else:
+                            for j in range(ROW):
+                                for i in T.unroll(OB):
+                                    acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL) * C + j]) - XZP_IN,
+                                        T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
+                    for i in T.unroll(OB):
+                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
+                for t in range(OC % OB):
+                    acc[0] = 0
+                    for kh, j in T.grid(KH, ROW):
+                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                              + ow * SW - PL) * C + j]) - XZP_IN,
+                            T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
+                    y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
+            else:
+                for oc in range(OC):
+                    acc[0] = 0
+                    for kh, kw, ic in T.grid(KH, KW, IC):
+                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
+                                                              + kw * DW) * C + oc // FPG * IC + ic]) - XZP_IN,
+                            T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
+                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc)
+        else:
+            # Blocks of OB output channels share each guard and input load (one group only).
+            for ocb in range(OC // OB if G == 1 else 0):
+                for i in T.unroll(OB):
+                    acc[i] = 0
+                for kh in range(KH):
+                    if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                        for kw in range(KW):
+                            if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                for ic in range(IC):
+                                    for i in T.unroll(OB):
+                                        acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                              + ow * SW - PL + kw * DW) * C + ic])
+                                                           - XZP,
+                                            T.Cast("int32", w[(((ocb * OB + i) * KH + kh) * KW + kw) * IC + ic]))
+                for i in T.unroll(OB):
+                    y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BB, ocb * OB + i)
+            for oc in range(OC - OC % OB if G == 1 else 0, OC):
+                acc[0] = 0
+                for kh in range(KH):
+                    if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                        for kw in range(KW):
+                            if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                for ic in range(IC):
+                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL + kw * DW) * C
+                                                                         + oc // FPG * IC + ic]) - XZP,
+                                        T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
+                y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BB, oc)
+
+    if pixel_macro:
+        return pixel
 
     @T.prim_func(s_tir=True)
     def conv2d(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
@@ -233,72 +307,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
         acc = T.sblock_alloc_buffer((OB,), ACC)
         for n, oh, ow in T.grid(N, OH, OW):
-            if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
-                              and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
-                if ROW > 0:
-                    # OB output channels at a time: each input byte is loaded once for OB MACs.
-                    for ocb in range(OC // OB):
-                        for i in T.unroll(OB):
-                            acc[i] = 0
-                        for kh in range(KH):
-                            if UNROLL_ROW:
-                                for j in T.unroll(ROW):
-                                    for i in T.unroll(OB):
-                                        acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                              + ow * SW - PL) * C + j]) - XZP_IN,
-                                            T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
-                            else:
-                                for j in range(ROW):
-                                    for i in T.unroll(OB):
-                                        acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                              + ow * SW - PL) * C + j]) - XZP_IN,
-                                            T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
-                        for i in T.unroll(OB):
-                            y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
-                    for t in range(OC % OB):
-                        acc[0] = 0
-                        for kh, j in T.grid(KH, ROW):
-                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                  + ow * SW - PL) * C + j]) - XZP_IN,
-                                T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
-                        y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
-                else:
-                    for oc in range(OC):
-                        acc[0] = 0
-                        for kh, kw, ic in T.grid(KH, KW, IC):
-                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
-                                                                  + kw * DW) * C + oc // FPG * IC + ic]) - XZP_IN,
-                                T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
-                        y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc)
-            else:
-                # Blocks of OB output channels share each guard and input load (one group only).
-                for ocb in range(OC // OB if G == 1 else 0):
-                    for i in T.unroll(OB):
-                        acc[i] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    for ic in range(IC):
-                                        for i in T.unroll(OB):
-                                            acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                                  + ow * SW - PL + kw * DW) * C + ic])
-                                                               - XZP,
-                                                T.Cast("int32", w[(((ocb * OB + i) * KH + kh) * KW + kw) * IC + ic]))
-                    for i in T.unroll(OB):
-                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BB, ocb * OB + i)
-                for oc in range(OC - OC % OB if G == 1 else 0, OC):
-                    acc[0] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    for ic in range(IC):
-                                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                              + ow * SW - PL + kw * DW) * C
-                                                                             + oc // FPG * IC + ic]) - XZP,
-                                            T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
-                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BB, oc)
+            pixel(x, w, q, y, acc, n, oh, ow)
     return conv2d
 
 
@@ -436,6 +445,83 @@ def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP
                             T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
                 y[b * OC + oc] = rq.expr(q, acc[0], BI, oc, extra=acc3[0])
     return fully_connected_slots
+
+
+def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PADDED, XZP_IN, XZP, BI, BB, BP,
+                      rq: Requant, S, R):
+    """CONV_2D (one group) with S LoRA slots of rank <= R (see lower_conv2d_slots).
+
+    Per output pixel: t[s, r] = sum over the in-image taps of a[s, r, tap] * (x - XZP) (int32) for each active
+    slot; then, if no slot is active, conv2d_func's pixel (all its fast paths, the base result bit for bit);
+    else per output channel the base accumulator over the in-image taps from the plain bias section BP plus
+    delta, computed from t as in fully_connected_slots_func."""
+    pixel = conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, 1, PADDED, XZP_IN, XZP, BI, BB, rq,
+                        pixel_macro=True)
+    ACC = acc_dtype(KH * KW * C)
+
+    @T.prim_func(s_tir=True)
+    def conv2d_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), a_p: T.handle("int8"),
+                     b_p: T.handle("int8"), m_p: T.handle("int32"), st_p: T.handle("int32"), t_p: T.handle("int32"),
+                     y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+        w = T.decl_buffer((OC * KH * KW * C,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        a = T.decl_buffer((S * R * KH * KW * C,), "int8", data=a_p)
+        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
+        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
+        st = T.decl_buffer((S,), "int32", data=st_p)
+        t = T.decl_buffer((S * R,), "int32", data=t_p)
+        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((_OC_BLOCK,), ACC)
+        active = T.sblock_alloc_buffer((1,), "int32")
+        acc1 = T.sblock_alloc_buffer((1,), "int32")
+        acc2 = T.sblock_alloc_buffer((1,), "int64")
+        acc3 = T.sblock_alloc_buffer((1,), "int64")
+        for n, oh, ow in T.grid(N, OH, OW):
+            active[0] = 0
+            for s in range(S):
+                if st[s] != 0:
+                    active[0] = 1
+                    for r in range(R):
+                        acc1[0] = 0
+                        for kh in range(KH):
+                            if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                                for kw in range(KW):
+                                    if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                        for ic in range(C):
+                                            acc1[0] = acc1[0] + (T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH)
+                                                                                    * W + ow * SW - PL + kw * DW) * C
+                                                                                   + ic]) - XZP) \
+                                                * T.Cast("int32", a[(((s * R + r) * KH + kh) * KW + kw) * C + ic])
+                        t[s * R + r] = acc1[0]
+            if active[0] == 0:
+                pixel(x, w, q, y, acc, n, oh, ow)
+            else:
+                for oc in range(OC):
+                    acc[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    for ic in range(C):
+                                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                              + ow * SW - PL + kw * DW) * C + ic])
+                                                     - XZP, T.Cast("int32", w[((oc * KH + kh) * KW + kw) * C + ic]))
+                    acc3[0] = T.int64(0)
+                    for s in range(S):
+                        if st[s] != 0:
+                            acc2[0] = T.int64(0)
+                            for r in range(R):
+                                acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) \
+                                    * T.Cast("int64", t[s * R + r])
+                            acc3[0] = acc3[0] + T.shift_right(
+                                T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
+                                * T.Cast("int64", m[(s * OC + oc) * 2])
+                                + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
+                                T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
+                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BP, oc, extra=acc3[0])
+    return conv2d_slots
 
 
 def fill_func(SIZE, VALUE):
@@ -639,6 +725,41 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list) -> LoweredO
             Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
             Arg.output(op.outputs[0])]
     return LoweredOp(op, func, args, kind="fully_connected_slots")
+
+
+def lower_conv2d_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
+    """CONV_2D (one group) with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*IC], B [OC, r]) or
+    None). Same slot tables and extra args as lower_fully_connected_slots; with no slot active every pixel runs
+    lower_conv2d's code, so the result equals it bit for bit."""
+    base = lower_conv2d(graph, op)
+    if base.kind == "fill":
+        return base  # the output is one value whatever the adapters do
+    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    n, h, wd, c = x.shape
+    oc, kh, kw, ic = w.shape
+    if ic != c:
+        raise _fail(graph, op, f"a grouped convolution ({c // ic} groups) with adapter slots", "groups = 1")
+    k = kh * kw * ic
+    if k * 255 * 127 > _ACC_LIMIT:
+        raise _fail(graph, op, f"{k} taps per output with adapter slots", "at most 66313 (int32 LoRA sums)")
+    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
+    a = op.attrs
+    bias = _bias(graph, op, oc)
+    scales = _weight_scales(graph, op, w, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
+    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
+    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
+    # The slot path sums (x - x_zp) * w over in-image taps, from the plain bias.
+    bp = bb if bb != bi or wsum is None else rq.add_section(bias if bias is not None else np.zeros(oc, np.int64))
+    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
+    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
+    func = conv2d_slots_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
+                             a["dilation_w"], pt, pl, padded, xzp_in, x.zero_point, bi, bb, bp, rq, len(factors), rank)
+    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
+            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
+            Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind="conv2d_slots")
 
 
 LOWERINGS = {
