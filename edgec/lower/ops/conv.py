@@ -390,6 +390,24 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant):
     return fully_connected
 
 
+@T.macro
+def slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC):
+    """The LoRA slots contribution to output channel `oc`, into acc3[0] (int64, base accumulator scale):
+    for every active slot s, u = B[s, oc, :] . t[s, :] (int64), scaled by the slot's Q16 user scale
+    (rounded), then by the slot's per-channel (multiplier, shift) with rounding."""
+    acc3[0] = T.int64(0)
+    for s in range(S):
+        if st[s] != 0:
+            acc2[0] = T.int64(0)
+            for r in range(R):
+                acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) * T.Cast("int64", t[s * R + r])
+            acc3[0] = acc3[0] + T.shift_right(
+                T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
+                * T.Cast("int64", m[(s * OC + oc) * 2])
+                + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
+                T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
+
+
 def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP):
     """FULLY_CONNECTED with S LoRA slots of rank <= R (see lower_fully_connected_slots).
 
@@ -431,18 +449,7 @@ def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP
                 for k in range(K):
                     acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
                                  (T.Cast("int32", w[oc * K + k]) - WZP))
-                acc3[0] = T.int64(0)
-                for s in range(S):
-                    if st[s] != 0:
-                        acc2[0] = T.int64(0)
-                        for r in range(R):
-                            acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) \
-                                * T.Cast("int64", t[s * R + r])
-                        acc3[0] = acc3[0] + T.shift_right(
-                            T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
-                            * T.Cast("int64", m[(s * OC + oc) * 2])
-                            + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
-                            T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
+                slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC)
                 y[b * OC + oc] = rq.expr(q, acc[0], BI, oc, extra=acc3[0])
     return fully_connected_slots
 
@@ -508,18 +515,7 @@ def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PA
                                         acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                               + ow * SW - PL + kw * DW) * C + ic])
                                                      - XZP, T.Cast("int32", w[((oc * KH + kh) * KW + kw) * C + ic]))
-                    acc3[0] = T.int64(0)
-                    for s in range(S):
-                        if st[s] != 0:
-                            acc2[0] = T.int64(0)
-                            for r in range(R):
-                                acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) \
-                                    * T.Cast("int64", t[s * R + r])
-                            acc3[0] = acc3[0] + T.shift_right(
-                                T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
-                                * T.Cast("int64", m[(s * OC + oc) * 2])
-                                + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
-                                T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
+                    slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC)
                     y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BP, oc, extra=acc3[0])
     return conv2d_slots
 
