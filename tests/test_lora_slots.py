@@ -42,13 +42,11 @@ def _cli(*args) -> tuple[int, str]:
     return res.exit_code, res.output + (res.stderr if hasattr(res, "stderr") and res.stderr else "")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    work = tmp_path_factory.mktemp("slots")
-    torch.manual_seed(4)
-    base = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: str, cal_seed: int) -> dict:
+    """Save PEFT adapters (random non-zero A and B) for `base`, export the base to ONNX (names 1:1), and
+    build it with all adapters in slots mode for cortex-m4 and without adapters for the host."""
     deltas = {}
-    for name, (seed, cfg) in ADAPTERS.items():
+    for name, (seed, cfg) in configs.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**cfg))
@@ -63,16 +61,22 @@ def setup(tmp_path_factory):
         deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(base, (torch.zeros(1, 16),), str(work / "mlp.onnx"), dynamo=False,
+        torch.onnx.export(base, (torch.zeros(*in_shape),), str(work / onnx_name), dynamo=False,
                           do_constant_folding=False, input_names=["x"], output_names=["y"])
-    cal = np.random.default_rng(5).normal(size=(48, 1, 16)).astype(np.float32)
+    cal = np.random.default_rng(cal_seed).normal(size=(48, *in_shape)).astype(np.float32)
     np.savez(work / "cal.npz", x=cal)
-    adapters = [(n, work / n) for n in ADAPTERS]
     opts = {"calibration": str(work / "cal.npz"), "warn": lambda m: None}
-    report = build(work / "mlp.onnx", "cortex-m4", work / "slots", adapters=adapters, adapter_mode="slots", **opts)
-    base_report = build(work / "mlp.onnx", "host", work / "base", **opts)
-    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report,
-            "base_report": base_report}
+    report = build(work / onnx_name, "cortex-m4", work / "slots", adapters=[(n, work / n) for n in configs],
+                   adapter_mode="slots", **opts)
+    base_report = build(work / onnx_name, "host", work / "base", **opts)
+    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report, "base_report": base_report}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(4)
+    base = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    return _slots_setup(tmp_path_factory.mktemp("slots"), base, ADAPTERS, (1, 16), "mlp.onnx", 5)
 
 
 def _peft_reference(setup, scales: dict[str, float], xs: np.ndarray) -> np.ndarray:
@@ -296,34 +300,10 @@ CONV_IN = (1, 3, 6, 6)
 
 @pytest.fixture(scope="module")
 def conv_setup(tmp_path_factory):
-    work = tmp_path_factory.mktemp("conv_slots")
     torch.manual_seed(6)
     base = nn.Sequential(nn.Conv2d(3, 8, 3, stride=1, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(),
                          nn.Linear(4 * 6 * 6, 10)).eval()
-    deltas = {}
-    for name, (seed, cfg) in CONV_ADAPTERS.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**cfg))
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if "lora_" in pname:
-                    p.copy_(torch.randn_like(p) * 0.08)
-        model.save_pretrained(str(work / name))
-        merged = model.merge_and_unload()
-        deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(base, (torch.zeros(*CONV_IN),), str(work / "cnn.onnx"), dynamo=False,
-                          do_constant_folding=False, input_names=["x"], output_names=["y"])
-    cal = np.random.default_rng(7).normal(size=(48, *CONV_IN)).astype(np.float32)
-    np.savez(work / "cal.npz", x=cal)
-    opts = {"calibration": str(work / "cal.npz"), "warn": lambda m: None}
-    report = build(work / "cnn.onnx", "cortex-m4", work / "slots", adapters=[(n, work / n) for n in CONV_ADAPTERS],
-                   adapter_mode="slots", **opts)
-    base_report = build(work / "cnn.onnx", "host", work / "base", **opts)
-    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report, "base_report": base_report}
+    return _slots_setup(tmp_path_factory.mktemp("conv_slots"), base, CONV_ADAPTERS, CONV_IN, "cnn.onnx", 7)
 
 
 def test_conv_slot_kernels(conv_setup) -> None:
