@@ -600,13 +600,9 @@ def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
     return _lowered(op, y, rq, func, "depthwise")
 
 
-def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
-    x, w, y = _check_tensors(graph, op, 2)
-    oc, k = w.shape
-    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
-        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
-                    "input size a multiple of the weights' columns, output (..., output channels)")
-    batches = x.size // k
+def _fc_quantization(graph: Graph, op: Op, x, w, y, oc: int):
+    """FULLY_CONNECTED's Prepare: weight scales, requantization, the weights' zero point as applied,
+    and the bias sections (zero-point correction folded into the bias for const weights)."""
     scales = _weight_scales(graph, op, w, oc)
     bias = _bias(graph, op, oc)
     if len(scales) > 1:
@@ -619,12 +615,20 @@ def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
         mult, shift = _multipliers([real] * oc)
         wzp = int(w.quant.zero_point[0])
     rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
-    if w.is_const:
-        # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
-        wsum = (w.data.astype(np.int64) - wzp).sum(1)
-        xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
-    else:
-        xzp_in, bi, _ = _bias_sections(rq, bias, None, x.zero_point, False)
+    # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
+    wsum = (w.data.astype(np.int64) - wzp).sum(1) if w.is_const else None
+    xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
+    return scales, rq, wzp, xzp_in, bi
+
+
+def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
+    x, w, y = _check_tensors(graph, op, 2)
+    oc, k = w.shape
+    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
+        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
+                    "input size a multiple of the weights' columns, output (..., output channels)")
+    batches = x.size // k
+    _, rq, wzp, xzp_in, bi = _fc_quantization(graph, op, x, w, y, oc)
     func = fully_connected_func(batches, k, oc, xzp_in, wzp, bi, rq)
     return _lowered(op, y, rq, func, "fully_connected")
 
@@ -703,18 +707,7 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list) -> LoweredO
     if base.kind == "fill":
         return base  # the output is one value whatever the adapters do
     rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
-    scales = _weight_scales(graph, op, w, oc)
-    bias = _bias(graph, op, oc)
-    if len(scales) > 1:
-        mult, shift = conv_multipliers(x, scales, y, oc)
-        wzp = 0
-    else:
-        real = float(np.float32(x.scale) * np.float32(scales[0])) / float(np.float32(y.scale))
-        mult, shift = _multipliers([real] * oc)
-        wzp = int(w.quant.zero_point[0])
-    rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
-    wsum = (w.data.astype(np.int64) - wzp).sum(1) if w.is_const else None
-    xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
+    scales, rq, wzp, xzp_in, bi = _fc_quantization(graph, op, x, w, y, oc)
     a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
     func = fully_connected_slots_func(x.size // k, k, oc, xzp_in, wzp, bi, rq, len(factors), rank, x.zero_point)
     args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
