@@ -58,6 +58,7 @@ from edgec.lower.fixedpoint import let
 from edgec.lower.kernel import Arg, LoweredOp
 from edgec.lower.ops import movement
 from edgec.lower.ops.broadcast import broadcast_func, broadcast_plan
+from edgec.lower.ops.pool_arith import mean_runs
 from edgec.lower.qparams import same_padding
 
 F32 = "float32"
@@ -609,26 +610,7 @@ def lower_mean(graph: Graph, op: Op) -> LoweredOp:
     rank = len(x.shape)
     if rank > _MEAN_MAX_RANK:
         raise _fail(graph, op, f"input rank {rank}", f"input rank <= {_MEAN_MAX_RANK} (TFLM's reduce limit)")
-    axes: list[int] = []
-    for v in ax.data.reshape(-1).tolist():
-        if not -rank <= v < rank:
-            raise _fail(graph, op, f"axis {v} for a rank-{rank} input", f"axes in [{-rank}, {rank - 1}]")
-        if v % rank not in axes:  # ResolveAxis: negative axes wrap, duplicates are dropped
-            axes.append(v % rank)
-    kept = [d for i, d in enumerate(x.shape) if i not in axes]
-    if math.prod(kept) != y.size:
-        raise _fail(graph, op, f"output shape {list(y.shape)} for input {list(x.shape)} reduced over {axes}",
-                    "an output holding the non-reduced dimensions")
-    # Alternating runs of kept and reduced dimensions, each run collapsed to one extent.
-    runs: list[list] = []
-    for i, d in enumerate(x.shape):
-        red = i in axes
-        if runs and runs[-1][1] == red:
-            runs[-1][0] *= d
-        else:
-            runs.append([d, red])
-    if not runs or runs[0][1]:
-        runs.insert(0, [1, False])
+    axes, runs = mean_runs(graph, op, x, ax, y)
     k_ext = [r[0] for r in runs if not r[1]]
     r_ext = [r[0] for r in runs if r[1]]
     if len(k_ext) > 3 or len(r_ext) > 3:

@@ -307,6 +307,32 @@ def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int,
     return (m << shift) // count, s - shift
 
 
+def mean_runs(graph: Graph, op: Op, x, ax, y) -> tuple[list[int], list[list]]:
+    """MEAN's axes (ResolveAxis: negative axes wrap, duplicates are dropped) and the input's dimensions as
+    alternating runs [extent, reduced?] of kept and reduced dimensions, starting with a kept run."""
+    rank = len(x.shape)
+    axes: list[int] = []
+    for v in np.asarray(ax.data).reshape(-1).tolist():
+        if not -rank <= v < rank:
+            raise _fail(graph, op, f"axis {v} for a rank-{rank} input", f"axes in [{-rank}, {rank - 1}]")
+        if v % rank not in axes:
+            axes.append(v % rank if rank else 0)
+    kept = [d for i, d in enumerate(x.shape) if i not in axes]
+    if int(np.prod(kept, dtype=np.int64)) != y.size:
+        raise _fail(graph, op, f"output shape {list(y.shape)} for input {list(x.shape)} reduced over {axes}",
+                    "an output with the non-reduced dimensions")
+    runs: list[list] = []
+    for i, d in enumerate(x.shape):
+        red = i in axes
+        if runs and runs[-1][1] == red:
+            runs[-1][0] *= d
+        else:
+            runs.append([d, red])
+    if not runs or runs[0][1]:
+        runs.insert(0, [1, False])
+    return axes, runs
+
+
 def lower_mean(graph: Graph, op: Op) -> LoweredOp:
     if len(op.inputs) != 2 or len(op.outputs) != 1:
         raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs",
@@ -319,26 +345,7 @@ def lower_mean(graph: Graph, op: Op) -> LoweredOp:
     rank = len(x.shape)
     if rank > _MEAN_MAX_RANK:
         raise _fail(graph, op, f"input rank {rank}", f"input rank <= {_MEAN_MAX_RANK} (TFLM's reduce limit)")
-    axes: list[int] = []
-    for v in np.asarray(ax.data).reshape(-1).tolist():
-        if not -rank <= v < rank:
-            raise _fail(graph, op, f"axis {v} for a rank-{rank} input", f"axes in [{-rank}, {rank - 1}]")
-        if v % rank not in axes:  # ResolveAxis drops duplicates and wraps negative axes
-            axes.append(v % rank if rank else 0)
-    kept = [d for i, d in enumerate(x.shape) if i not in axes]
-    if int(np.prod(kept, dtype=np.int64)) != y.size:
-        raise _fail(graph, op, f"output shape {list(y.shape)} for input {list(x.shape)} reduced over {axes}",
-                    "an output with the non-reduced dimensions")
-    # Alternating runs of kept (K) and reduced (R) dimensions, each run collapsed to one extent.
-    runs: list[list] = []
-    for i, d in enumerate(x.shape):
-        red = i in axes
-        if runs and runs[-1][1] == red:
-            runs[-1][0] *= d
-        else:
-            runs.append([d, red])
-    if runs and runs[0][1]:
-        runs.insert(0, [1, False])
+    axes, runs = mean_runs(graph, op, x, ax, y)
     k_ext = [r[0] for r in runs if not r[1]]
     r_ext = [r[0] for r in runs if r[1]]
     k_ext += [1] * (3 - len(k_ext))
