@@ -169,7 +169,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
     float model); `adapter_mode` None takes the target's default_adapter_mode (else fuse).
     slots mode (`slots`: number of slots, default the number of adapters): `source_graph` is the float base
-    without adapters, quantized as usual; the adapted FULLY_CONNECTED and CONV_2D (groups=1) layers get slot kernels."""
+    without adapters, quantized as usual (or the int8 base as read); the adapted FULLY_CONNECTED, CONV_2D (groups=1)
+    and DEPTHWISE_CONV_2D layers get slot kernels."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)

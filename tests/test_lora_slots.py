@@ -1,7 +1,8 @@
 """LoRA slots mode: several PEFT adapters (made at test time with torch + peft) compiled beside the frozen
-int8 base of a two-Linear model and of a conv-conv-Linear model, switched at run time. Oracles: the build without adapters (bit-exact when
-no slot is active), PEFT's own merged float model (W + sum scale_i * ΔW_i from merge_and_unload), TFLite
-Micro on the base graph, and the host build vs QEMU (bit-exact)."""
+int8 base of a two-Linear model, a conv-conv-Linear model and a conv-depthwise-conv-Linear model, switched at
+run time. Oracles: the build without adapters (bit-exact when no slot is active), PEFT's own merged float model
+(W + sum scale_i * ΔW_i from merge_and_unload; PEFT's forward for the depthwise conv, which PEFT cannot
+merge), TFLite Micro on the base graph, and the host build vs QEMU (bit-exact)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def _cli(*args) -> tuple[int, str]:
     return res.exit_code, res.output + (res.stderr if hasattr(res, "stderr") and res.stderr else "")
 
 
-def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: str, cal_seed: int) -> dict:
+def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: str, cal_seed: int,
+                 merge: bool = True) -> dict:
     """Save PEFT adapters (random non-zero A and B) for `base`, export the base to ONNX (names 1:1), and
-    build it with all adapters in slots mode for cortex-m4 and without adapters for the host."""
+    build it with all adapters in slots mode for cortex-m4 and without adapters for the host. `merge`:
+    record PEFT's ΔW per layer (merge_and_unload, which PEFT refuses for grouped/depthwise convs)."""
     deltas = {}
     for name, (seed, cfg) in configs.items():
         with warnings.catch_warnings():
@@ -56,9 +59,10 @@ def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: st
                 if "lora_" in pname:
                     p.copy_(torch.randn_like(p) * 0.08)  # fresh B is zero: a no-op adapter would prove nothing
         model.save_pretrained(str(work / name))
-        merged = model.merge_and_unload()
-        # PEFT's own ΔW of every layer (merged weights minus the base's).
-        deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
+        if merge:
+            merged = model.merge_and_unload()
+            # PEFT's own ΔW of every layer (merged weights minus the base's).
+            deltas[name] = {k: (v - base.state_dict()[k]).numpy() for k, v in merged.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(base, (torch.zeros(*in_shape),), str(work / onnx_name), dynamo=False,
@@ -256,16 +260,19 @@ def test_c_api_error_codes(setup, tmp_path) -> None:
 def test_refusals(setup, tmp_path) -> None:
     work = setup["work"]
     torch.manual_seed(0)
-    conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = peft.get_peft_model(copy.deepcopy(conv), peft.LoraConfig(r=4, target_modules=["0", "3"]))
-        torch.onnx.export(conv, (torch.zeros(1, 4, 4, 4),), str(tmp_path / "conv.onnx"), dynamo=False,
-                          do_constant_folding=False)
-    model.save_pretrained(str(tmp_path / "ca"))
-    code, out = _cli("build", tmp_path / "conv.onnx", "-t", "host", "-o", tmp_path / "o", "--calibration", "random",
-                     "--adapter", f"a={tmp_path / 'ca'}", "--adapter-mode", "slots")
-    assert code == 2 and "slots mode supports FULLY_CONNECTED and CONV_2D (groups=1) layers" in out, out
+    # A grouped (not depthwise) convolution, and a dilated depthwise one.
+    for name, layer, msg in (("grouped", nn.Conv2d(4, 4, 3, groups=2), "depthwise Conv2d modules (slots mode only)"),
+                             ("dilated", nn.Conv2d(4, 4, 2, groups=4, dilation=2), "a dilated convolution")):
+        conv = nn.Sequential(layer, nn.ReLU(), nn.Flatten(), nn.Linear(16, 5)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = peft.get_peft_model(copy.deepcopy(conv), peft.LoraConfig(r=4, target_modules=["0", "3"]))
+            torch.onnx.export(conv, (torch.zeros(1, 4, 4, 4),), str(tmp_path / f"{name}.onnx"), dynamo=False,
+                              do_constant_folding=False)
+        model.save_pretrained(str(tmp_path / name))
+        code, out = _cli("build", tmp_path / f"{name}.onnx", "-t", "host", "-o", tmp_path / "o", "--calibration",
+                         "random", "--adapter", f"a={tmp_path / name}", "--adapter-mode", "slots")
+        assert code == 2 and msg in out, out
     base = ["build", work / "mlp.onnx", "-t", "host", "-o", tmp_path / "o2", "--calibration", work / "cal.npz",
             "--adapter", f"a={work / 'a'}", "--adapter", f"b={work / 'b'}"]
     code, out = _cli(*base, "--adapter-mode", "slots", "--slots", "1")
@@ -275,18 +282,7 @@ def test_refusals(setup, tmp_path) -> None:
     code, out = _cli(*base[:-4], "--slots", "2")
     assert code == 2 and "--slots needs --adapter-mode slots" in out, out
     assert not (tmp_path / "o2").exists()
-    # An int8 base (here edgec's own quantization of the model, as .tflite).
-    from edgec.frontends.onnx_reader import read_onnx
-    from edgec.oracle.ir_export import graph_to_tflite
-    from edgec.quantize import quantize_graph
 
-    qgraph = quantize_graph(read_onnx(work / "mlp.onnx"), [[x] for x in setup["cal"]])
-    (tmp_path / "int8.tflite").write_bytes(graph_to_tflite(qgraph))
-    fc = [qgraph.t(op.inputs[1]).name for op in qgraph.ops if op.type == "FULLY_CONNECTED"]
-    (tmp_path / "map.json").write_text(json.dumps({"2": fc[1]}))
-    code, out = _cli("build", tmp_path / "int8.tflite", "-t", "host", "-o", tmp_path / "o3", "--adapter",
-                     f"b={work / 'b'}", "--adapter-map", tmp_path / "map.json", "--adapter-mode", "slots")
-    assert code == 2 and "slots mode needs a float base model so far" in out, out
 
 
 # --- CONV_2D slots ------------------------------------------------------------------------------------------
@@ -343,3 +339,150 @@ def test_conv_switching_qemu_matches_host(conv_setup) -> None:
     assert np.array_equal(qemu, host)
     assert np.array_equal(host[0], _run(conv_setup, "base", "host", inputs=xs[:1])[0])
     assert np.array_equal(host[3], _run(conv_setup, "slots", "host", [schedule[3]], inputs=xs[3:4])[0])
+
+
+# --- DEPTHWISE_CONV_2D slots ----------------------------------------------------------------------------------
+
+DW_ADAPTERS = {  # name -> (seed, LoraConfig); modules 2 (3x3 depthwise, 8 -> 16 channels), 5 (1x1 conv)
+    "a": (21, {"r": 8, "lora_alpha": 16, "target_modules": ["2", "5"]}),
+    "b": (22, {"r": 16, "lora_alpha": 64, "target_modules": ["2"]}),
+}
+
+
+@pytest.fixture(scope="module")
+def dw_setup(tmp_path_factory):
+    torch.manual_seed(8)
+    # The depthwise conv (depth multiplier 2) is followed by a BatchNorm that edgec folds into its weights.
+    base = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, groups=8),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 10))
+    with torch.no_grad():
+        bn = base[3]
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+        bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0)
+    return _slots_setup(tmp_path_factory.mktemp("dw_slots"), base.eval(), DW_ADAPTERS, CONV_IN, "dw.onnx", 9,
+                        merge=False)
+
+
+def _peft_forward(setup, scales: dict[str, float], xs: np.ndarray) -> np.ndarray:
+    """PEFT's own forward (it cannot merge LoRA on a depthwise conv): the saved adapters loaded into one
+    PeftModel, the active ones set, each LoRA layer's scaling multiplied by the adapter's scale."""
+    model = copy.deepcopy(setup["base"])
+    names = [n for n, s in scales.items() if s]
+    if names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = peft.PeftModel.from_pretrained(model, str(setup["work"] / names[0]), adapter_name=names[0])
+            for n in names[1:]:
+                model.load_adapter(str(setup["work"] / n), adapter_name=n)
+        model.base_model.set_adapter(names)
+        for module in model.modules():
+            if isinstance(module, peft.tuners.lora.LoraLayer):
+                for n in names:
+                    if n in module.scaling:
+                        module.scaling[n] *= scales[n]
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(xs)).numpy()
+
+
+def test_depthwise_slot_kernels(dw_setup) -> None:
+    kernels = [(r["type"], r["kernel"].rsplit("_", 1)[0]) for r in dw_setup["report"]["ops"]
+               if r["type"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert kernels == [("CONV_2D", "edgec_k_conv2d"), ("DEPTHWISE_CONV_2D", "edgec_k_depthwise_slots"),
+                       ("CONV_2D", "edgec_k_conv2d_slots"), ("FULLY_CONNECTED", "edgec_k_fully_connected")]
+
+
+def test_depthwise_no_adapter_active_is_bitexact_with_the_base_build(dw_setup) -> None:
+    xs = np.concatenate([dw_setup["cal"], np.random.default_rng(8).normal(0, 3, (8, *CONV_IN)).astype(np.float32)])
+    want = _run(dw_setup, "base", "host", inputs=xs)
+    assert np.array_equal(_run(dw_setup, "slots", "host", inputs=xs), want)
+    assert np.array_equal(_run(dw_setup, "slots", "host", schedule=[[0, 0]], inputs=xs), want)
+
+
+@pytest.mark.parametrize("scales", [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 0.5}], ids=["a", "b", "a+0.5b"])
+def test_depthwise_adapters_vs_peft(dw_setup, scales: dict[str, float]) -> None:
+    schedule = [[round(scales.get(n, 0) * ONE) for n in DW_ADAPTERS]]
+    got = _run(dw_setup, "slots", "host", schedule).astype(np.float64)
+    want = _peft_forward(dw_setup, scales, dw_setup["cal"][:, 0]).reshape(got.shape)
+    base = _peft_forward(dw_setup, {}, dw_setup["cal"][:, 0]).reshape(got.shape)
+    print(f"{scales}: {_sqnr(got, want):.1f} dB, max abs {np.abs(got - want).max():.3f}, "
+          f"adapter moves the output by {np.abs(want - base).max():.3f}, output range {np.ptp(want):.3f}")
+    assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR
+    # This model's outputs span only ~0.6, so the absolute bound is loose: also within 10% of the range.
+    assert np.abs(got - want).max() <= 0.1 * np.ptp(want)
+    assert np.abs(want - base).max() > 5 * np.abs(got - want).max() or _sqnr(got, want) > _sqnr(got, base) + 10
+
+
+def test_depthwise_merged_reference_vs_peft(dw_setup) -> None:
+    """verify's float reference (merged_graph: the depthwise layer as a CONV_2D with expand(W) + sum s_i ΔW_i,
+    the folded BatchNorm's scale applied to ΔW) against PEFT's forward."""
+    from edgec.frontends.onnx_reader import read_onnx
+    from edgec.frontends.peft_reader import read_adapter
+    from edgec.ir.reference import run_float
+    from edgec.passes.lora_slots import merged_graph
+
+    graph = read_onnx(dw_setup["work"] / "dw.onnx")
+    dw = next(op for op in graph.ops if op.type == "DEPTHWISE_CONV_2D")
+    assert any(s[0] == "scale" for s in graph.t(dw.inputs[1]).origin["steps"])  # the BatchNorm was folded
+    adapters = [read_adapter(n, dw_setup["work"] / n) for n in DW_ADAPTERS]
+    xs = dw_setup["cal"][:16]
+    for scales in ({"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 0.5}, {"a": -0.5, "b": 2.0}):
+        merged = merged_graph(graph, adapters, [scales.get(n, 0.0) for n in DW_ADAPTERS])
+        assert [op.type for op in merged.ops if "CONV" in op.type] == ["CONV_2D"] * 3
+        got = np.stack([run_float(merged, [x])[0] for x in xs]).reshape(len(xs), -1)
+        want = _peft_forward(dw_setup, scales, xs[:, 0])
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), scales
+    # Nothing active: the graph is the base, depthwise op and all.
+    assert merged_graph(graph, adapters, [0.0, 0.0]).ops == graph.ops
+
+
+def test_depthwise_switching_qemu_matches_host(dw_setup) -> None:
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    xs = dw_setup["cal"][:6]
+    schedule = [[0, 0], [ONE, 0], [0, ONE], [ONE, ONE // 2], [-ONE // 2, 2 * ONE], [0, 0]]
+    qemu = _run(dw_setup, "slots", "qemu", schedule, inputs=xs)
+    host = _run(dw_setup, "slots", "host", schedule, inputs=xs)
+    assert np.array_equal(qemu, host)
+    assert np.array_equal(host[0], _run(dw_setup, "base", "host", inputs=xs[:1])[0])
+    assert np.array_equal(host[3], _run(dw_setup, "slots", "host", [schedule[3]], inputs=xs[3:4])[0])
+
+
+def test_depthwise_tflite_base_with_adapter_map(dw_setup, tmp_path) -> None:
+    """A float TFLite base (no PyTorch names) bound through --adapter-map: depthwise weights [1, KH, KW, C*M]."""
+    from edgec.frontends.onnx_reader import read_onnx
+    from edgec.frontends.peft_reader import read_adapter
+    from edgec.frontends.tflite_reader import read_tflite
+    from edgec.ir.reference import run_float
+    from edgec.oracle.ir_export import graph_to_tflite
+    from edgec.passes.lora_slots import merged_graph
+
+    # The TFLite tensor must hold the module's own weight: the same base without the BatchNorm.
+    setup = {**dw_setup, "base": copy.deepcopy(dw_setup["base"])}
+    setup["base"][3] = nn.Identity()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(setup["base"], (torch.zeros(*CONV_IN),), str(tmp_path / "m.onnx"), dynamo=False,
+                          do_constant_folding=False, input_names=["x"], output_names=["y"])
+    (tmp_path / "m.tflite").write_bytes(graph_to_tflite(read_onnx(tmp_path / "m.onnx")))
+    graph = read_tflite(tmp_path / "m.tflite")
+    weights = {op.type: graph.t(op.inputs[1]).name for op in graph.ops if op.type == "DEPTHWISE_CONV_2D"}
+    weights["CONV_2D"] = graph.t([op for op in graph.ops if op.type == "CONV_2D"][1].inputs[1]).name
+    mapping = {"2": weights["DEPTHWISE_CONV_2D"], "5": weights["CONV_2D"]}
+    # (One map serves every adapter and may name only modules each of them adapts: adapter a alone.)
+    adapters = [read_adapter("a", dw_setup["work"] / "a")]
+    xs = dw_setup["cal"][:8]
+    want = _peft_forward(setup, {"a": 1.0}, xs[:, 0])
+    merged = merged_graph(graph, adapters, [1.0], mapping)
+    got = np.stack([run_float(merged, [x])[0] for x in xs]).reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    report = build(tmp_path / "m.tflite", "host", tmp_path / "p", adapters=[("a", dw_setup["work"] / "a")],
+                   adapter_mode="slots", adapter_map=str(tmp_path / "map.json"),
+                   calibration=str(dw_setup["work"] / "cal.npz"), warn=lambda m: None)
+    assert "edgec_k_depthwise_slots" in " ".join(str(r["kernel"]) for r in report["ops"])
+    outs, _ = run_project(tmp_path / "p", report, [[x] for x in xs], "host", tmp_path / "run", [[ONE]])
+    got = np.stack([o[0] for o in outs]).reshape(want.shape)
+    assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR

@@ -312,12 +312,15 @@ def targets_cmd(as_json: bool) -> None:
               help="Folder with the MLPerf Tiny .tflite files (default: ../shared/models/tflite).")
 @click.option("--output", "-o", "out_file", type=click.Path(path_type=Path), default=Path("bench/results.json"),
               show_default=True)
+@click.option("--adapters/--no-adapters", default=True, show_default=True,
+              help="Also measure a rank-4 LoRA adapter on each model in fuse and slots mode.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_cmd(target: str, models_dir: Path | None, out_file: Path, as_json: bool) -> None:
-    """Arena, flash, instructions per inference and build time for the MLPerf Tiny models."""
+def bench_cmd(target: str, models_dir: Path | None, out_file: Path, adapters: bool, as_json: bool) -> None:
+    """Arena, flash, instructions per inference and build time for the MLPerf Tiny models; with
+    --adapters the flash, RAM and instructions a LoRA adapter costs in fuse and slots mode."""
     from edgec.cli.bench import format_table, run_bench
 
-    result = run_bench(target, models_dir, _progress(as_json))
+    result = run_bench(target, models_dir, _progress(as_json), adapters)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=2) + "\n")
     if as_json:

@@ -303,6 +303,12 @@ def _max_lsb_diff(got, reference, lsbs) -> float:
     return round(worst, 3)
 
 
+def _dequantized(records, specs: list[dict]) -> list[list[np.ndarray]]:
+    """Quantized outputs in real units ((q - zero point) * scale); float outputs as they are."""
+    return [[(np.asarray(o, np.float64) - s["zero_point"]) * s["scale"] if "scale" in s else o
+             for o, s in zip(rec, specs)] for rec in records]
+
+
 def _verify_slots(result: dict, built, got, host_got, input_sets, scales: list[int], adapter_map,
                   progress) -> dict:
     from edgec.ir.reference import run_float
@@ -328,13 +334,25 @@ def _verify_slots(result: dict, built, got, host_got, input_sets, scales: list[i
         passed = passed and mismatches == 0
     else:
         result["bitexact_host_vs_target"] = None
-    progress("running edgec's float reference on the base with the active adapters merged")
     mapping = adapter_map if isinstance(adapter_map, dict) else load_adapter_map(adapter_map)
     merged = merged_graph(built.source_graph, built.adapters,
                           [scales[i] / SCALE_ONE for i in range(len(built.adapters))], mapping)
-    reference = [run_float(merged, rec) for rec in input_sets]
-    result["reference"] = "edgec float reference of the base with W + sum scale_i * dW_i"
-    result.update(accuracy(got, reference))
+    if is_float_graph(built.source_graph):
+        progress("running edgec's float reference on the base with the active adapters merged")
+        reference = [run_float(merged, rec) for rec in input_sets]
+        result["reference"] = "edgec float reference of the base with W + sum scale_i * dW_i"
+        result.update(accuracy(got, reference))
+    else:
+        # An int8 base has no float model: the reference is TFLM on the base with the active adapters
+        # merged into dequantized weights and requantized (compared in real units).
+        from edgec.oracle.ir_export import graph_to_tflite
+
+        progress("running the TFLite Micro interpreter on the int8 base with the active adapters merged")
+        reference = run_tflm_batch(graph_to_tflite(merged), input_sets)
+        result["reference"] = ("TFLite Micro on the int8 base with W + sum scale_i * dW_i merged "
+                               "(dequantize, merge, requantize)")
+        outs = report["outputs"]
+        result.update(accuracy(_dequantized(got, outs), _dequantized(reference, outs)))
     if "quantization" in report:
         result["quantization"] = report["quantization"]
     result["adapters"] = report["adapters"]

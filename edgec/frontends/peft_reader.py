@@ -62,13 +62,20 @@ class LoraModule:
 
     def delta(self) -> np.ndarray:
         """scale * B @ A in the module's own weight layout (float64): Linear [out, in] ([in, out] with
-        fan_in_fan_out), Conv2d [out, in, kh, kw]."""
+        fan_in_fan_out), Conv2d [out, in, kh, kw]. On a depthwise Conv2d (groups = in channels; PEFT's lora_A
+        is a full conv over all input channels, lora_B a grouped 1x1 conv) the ΔW of the equivalent FULL
+        convolution, [out, in, kh, kw], not a change of the depthwise weights [out, 1, kh, kw]."""
         a, b = self.a.astype(np.float64), self.b.astype(np.float64)
         if self.is_conv:
-            if self.groups != 1:
-                raise EdgecError(f"module '{self.path}': LoRA on a grouped convolution (groups={self.groups}) has no "
+            out, g = b.shape[0], self.groups
+            if g != 1 and (g != a.shape[1] or out % g):
+                raise EdgecError(f"module '{self.path}': LoRA on a grouped convolution (groups={g}) has no "
                                  "weight delta (PEFT's lora_A spans all input channels), so it cannot be fused")
-            out = b.shape[0]
+            if g != 1:
+                # Output o (group o // M, M = out / g) reads rows (o // M) * r/g ... + r/g - 1 of A:
+                # ΔW[o] = scale * sum_j B[o, j] A[(o // M) * r/g + j].
+                d = np.einsum("gmj,gjk->gmk", b.reshape(g, out // g, -1), a.reshape(g, a.shape[0] // g, -1))
+                return self.scale * d.reshape(out, *a.shape[1:])
             return self.scale * (b.reshape(out, -1) @ a.reshape(a.shape[0], -1)).reshape(out, *a.shape[1:])
         d = self.scale * (b @ a)
         return d.T if self.fan_in_fan_out else d

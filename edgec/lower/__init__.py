@@ -32,11 +32,13 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
     """Lower every op, share identical kernels, and emit all kernels as one C source.
 
     `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
-    FULLY_CONNECTED / CONV_2D ops using that weight get the slot kernel (edgec.lower.ops.conv)."""
-    from edgec.lower.ops.conv import lower_conv2d_slots, lower_fully_connected_slots
+    FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D ops using that weight get the slot kernel
+    (edgec.lower.ops.conv)."""
+    from edgec.lower.ops.conv import lower_conv2d_slots, lower_depthwise_slots, lower_fully_connected_slots
 
     slots = slots or {}
-    slot_lowerings = {"FULLY_CONNECTED": lower_fully_connected_slots, "CONV_2D": lower_conv2d_slots}
+    slot_lowerings = {"FULLY_CONNECTED": lower_fully_connected_slots, "CONV_2D": lower_conv2d_slots,
+                      "DEPTHWISE_CONV_2D": lower_depthwise_slots}
     lowered = []
     for op in graph.ops:
         if op.type in slot_lowerings and len(op.inputs) > 1 and op.inputs[1] in slots:

@@ -11,7 +11,10 @@ Binding a PEFT module (torch path, e.g. "features.0") to an IR weight:
   into the conv but keeps the name `conv.weight`; constant folding renames folded values `onnx::...`) are
   refused: ΔW is relative to the unfolded weight and the BatchNorm statistics are gone.
 - TFLite (no provenance): only through `--adapter-map` (module path -> tensor name); the tensor must hold
-  the module's weight in TFLite's layout (CONV_2D [OC,KH,KW,IC] from torch OIHW, FULLY_CONNECTED [OC,K]).
+  the module's weight in TFLite's layout (CONV_2D [OC,KH,KW,IC] from torch OIHW, DEPTHWISE_CONV_2D
+  [1,KH,KW,C*M], FULLY_CONNECTED [OC,K]).
+- Depthwise convs: PEFT's LoRA on one is a full convolution (lora_A spans all input channels), so fuse
+  mode refuses it (`ir_delta`); slots mode takes its full-conv ΔW [OC,KH,KW,C] from `depthwise_delta`.
 
 Float weights get W + ΔW. Int8 weights (an int8 base) are dequantized, merged and requantized with the
 same scheme as edgec's quantizer: symmetric int8 (zero point 0, [-127, 127]) per channel (per tensor if
@@ -128,6 +131,21 @@ def _apply_steps(d: np.ndarray, steps: list) -> np.ndarray:
     return d
 
 
+def _check_origin(graph: Graph, where: str, origin: dict) -> str:
+    """Refuse weights the exporter rewrote (a folded BatchNorm, computed values); returns the initializer."""
+    init = origin["initializer"]
+    if "BatchNorm" in origin.get("rewrites", ""):
+        raise _err(graph, f"{where}: the exporter folded a BatchNorm into initializer '{init}' (ONNX rewrite "
+                          f"'{origin['rewrites']}') and kept its name: its values are gamma/sqrt(var+eps) * W, "
+                          "while the adapter's ΔW is relative to W, and the BatchNorm statistics are not in the "
+                          f"file, so the fused model would be wrong; {_REEXPORT}")
+    if init.startswith("onnx::") or origin.get("computed"):
+        raise _err(graph, f"{where}: '{init}' was computed by the exporter or the graph (constant folding, e.g. a "
+                          "BatchNorm or a transpose folded into it), not the module's own weight; "
+                          f"{_REEXPORT}")
+    return init
+
+
 def ir_delta(graph: Graph, b: Binding, tid: int, op: Op) -> tuple[np.ndarray, bool]:
     """ΔW of the binding's module in the layout (and scaling) of IR weight `tid`; True when a per-channel
     scale (a BatchNorm edgec folded) was applied."""
@@ -136,7 +154,8 @@ def ir_delta(graph: Graph, b: Binding, tid: int, op: Op) -> tuple[np.ndarray, bo
     if op.type == "DEPTHWISE_CONV_2D" or (m.is_conv and m.groups > 1):
         raise _err(graph, f"{where}: a depthwise/grouped convolution: PEFT's LoRA on it (lora_A spans all input "
                           "channels, lora_B is grouped) is not a change of the convolution's own weights, so it "
-                          "cannot be fused into them; supported in fuse mode: Linear and groups=1 Conv2d modules")
+                          "cannot be fused into them; supported: Linear and groups=1 Conv2d modules (fuse and slots "
+                          "mode), depthwise Conv2d modules (slots mode only)")
     if m.is_conv != (op.type == "CONV_2D"):
         kind = "Conv2d" if m.is_conv else "Linear"
         raise _err(graph, f"{where}: a {kind} adapter (lora_A {list(m.a.shape)}) bound to a {op.type}")
@@ -146,16 +165,7 @@ def ir_delta(graph: Graph, b: Binding, tid: int, op: Op) -> tuple[np.ndarray, bo
     delta = m.delta()
     origin = t.origin
     if origin is not None:
-        init = origin["initializer"]
-        if "BatchNorm" in origin.get("rewrites", ""):
-            raise _err(graph, f"{where}: the exporter folded a BatchNorm into initializer '{init}' (ONNX rewrite "
-                              f"'{origin['rewrites']}') and kept its name: its values are gamma/sqrt(var+eps) * W, "
-                              "while the adapter's ΔW is relative to W, and the BatchNorm statistics are not in the "
-                              f"file, so the fused model would be wrong; {_REEXPORT}")
-        if init.startswith("onnx::") or origin.get("computed"):
-            raise _err(graph, f"{where}: '{init}' was computed by the exporter or the graph (constant folding, e.g. a "
-                              "BatchNorm or a transpose folded into it), not the module's own weight; "
-                              f"{_REEXPORT}")
+        init = _check_origin(graph, where, origin)
         if delta.shape != tuple(origin["shape"]):
             raise _err(graph, f"{where}: shape mismatch: the adapter's ΔW is {list(delta.shape)} but initializer "
                               f"'{init}' is {list(origin['shape'])}")
@@ -169,6 +179,53 @@ def ir_delta(graph: Graph, b: Binding, tid: int, op: Op) -> tuple[np.ndarray, bo
         raise _err(graph, f"{where}: shape mismatch: the adapter's ΔW is {list(delta.shape)} in the IR layout but "
                           f"tensor '{t.name}' is {list(t.shape)}")
     return delta, scaled
+
+
+def depthwise_delta(graph: Graph, b: Binding, tid: int, op: Op) -> tuple[np.ndarray, bool]:
+    """ΔW of a module on a depthwise Conv2d (DEPTHWISE_CONV_2D weight `tid`, [1, KH, KW, C*M]) as the ΔW of
+    the equivalent FULL convolution, in CONV_2D's IR layout [C*M, KH, KW, C]: PEFT's lora_A spans all input
+    channels, so depthwise + adapter is a CONV_2D with weights expand(W) + ΔW (slots mode; fuse mode refuses).
+    Per-output-channel scales edgec folded into the depthwise weights (a BatchNorm) scale ΔW's output
+    channels; True when one was applied."""
+    m, t = b.module, graph.t(tid)
+    where = f"adapter module '{m.path}' -> '{b.target}' ({op.describe()})"
+    c = graph.t(op.inputs[0]).shape[-1]
+    if op.type != "DEPTHWISE_CONV_2D" or not m.is_conv or m.groups != m.a.shape[1] or m.groups != c:
+        kind = f"Conv2d (groups={m.groups})" if m.is_conv else "Linear"
+        raise _err(graph, f"{where}: a {kind} adapter (lora_A {list(m.a.shape)}, lora_B {list(m.b.shape)}) bound to "
+                          f"a {op.type} with {c} input channels; a DEPTHWISE_CONV_2D takes adapters of a depthwise "
+                          "Conv2d (groups = in_channels)")
+    if op.attrs.get("dilation_h", 1) != 1 or op.attrs.get("dilation_w", 1) != 1:
+        raise _err(graph, f"{where}: a dilated convolution: PEFT's lora_A does not use the base dilation, so its "
+                          "output is not a weight change; supported: dilation 1")
+    if len(t.shape) != 4 or t.shape[0] != 1:
+        raise _err(graph, f"{where}: depthwise weights '{t.name}' have shape {list(t.shape)}; expected [1, KH, KW, OC]")
+    _, kh, kw, oc = t.shape
+    torch_shape = (oc, 1, kh, kw)  # the depthwise Conv2d's own weight
+    if (m.b.shape[0], 1, *m.a.shape[2:]) != torch_shape:
+        raise _err(graph, f"{where}: shape mismatch: the adapter (lora_A {list(m.a.shape)}, lora_B "
+                          f"{list(m.b.shape)}) is for a depthwise weight {[m.b.shape[0], 1, *m.a.shape[2:]]} but "
+                          f"tensor '{t.name}' is {list(t.shape)} (torch {list(torch_shape)})")
+    delta = m.delta()  # [OC, C, KH, KW]
+    origin, scaled = t.origin, False
+    if origin is not None:
+        init = _check_origin(graph, where, origin)
+        if tuple(origin["shape"]) != torch_shape:
+            raise _err(graph, f"{where}: shape mismatch: the adapter is for a depthwise weight {list(torch_shape)} "
+                              f"but initializer '{init}' is {list(origin['shape'])}")
+        # The steps (a layout transpose, per-channel scales) applied to ones: each IR weight's factor, which
+        # must depend on the output channel only (the last axis).
+        if any(s[0] not in ("transpose", "scale") for s in origin["steps"]):
+            raise _err(graph, f"{where}: depthwise weights '{t.name}' were made by steps "
+                              f"{[s[0] for s in origin['steps']]}; supported: transposes and per-channel scales")
+        factor = _apply_steps(np.ones(torch_shape), origin["steps"])
+        per_oc = factor.reshape(-1, oc)[0] if factor.shape == tuple(t.shape) else None
+        if per_oc is None or not np.array_equal(factor, np.broadcast_to(per_oc, factor.shape)):
+            raise _err(graph, f"{where}: the steps that made depthwise weights '{t.name}' from '{init}' are not a "
+                              "per-output-channel scale")
+        scaled = any(s[0] == "scale" and s[1] is not None for s in origin["steps"])
+        delta = delta * per_oc[:, None, None, None]
+    return delta.transpose(0, 2, 3, 1), scaled  # torch OIHW -> the IR's [OC, KH, KW, C]
 
 
 def _channel_shape(ndim: int, axis: int) -> list[int]:
@@ -224,29 +281,46 @@ def _merge_int8(graph: Graph, tensors: list[Tensor], tid: int, delta: np.ndarray
                                                                     bt.quant.axis if bscale.size > 1 else None))
 
 
-def fuse_adapter(graph: Graph, adapter: Adapter, adapter_map: dict[str, str] | None = None
-                 ) -> tuple[Graph, list[dict]]:
-    """The graph with `adapter` merged into its weights (the input graph is not modified), and one report
-    row per adapted module."""
+def merge_deltas(graph: Graph, deltas: dict[int, np.ndarray]) -> Graph:
+    """The graph with ΔW (IR layout) added to each weight tensor id in `deltas`: float weights get W + ΔW,
+    int8 weights are dequantized, merged and requantized once (with their consumers' biases)."""
     users = _weight_users(graph)
     tensors = list(graph.tensors)
-    rows = []
+    for tid, delta in deltas.items():
+        t = graph.t(tid)
+        if t.dtype == "float32":
+            tensors[tid] = dataclasses.replace(t, data=(t.data.astype(np.float64) + delta).astype(np.float32))
+        else:
+            _merge_int8(graph, tensors, tid, delta, users[tid], f"adapted weight '{t.name}'")
+    return Graph(tensors, graph.ops, list(graph.inputs), list(graph.outputs), graph.source)
+
+
+def adapter_deltas(graph: Graph, adapter: Adapter, adapter_map: dict[str, str] | None = None,
+                   depthwise: bool = False) -> tuple[dict[int, np.ndarray], list[dict]]:
+    """ΔW of every module of `adapter` in the IR layout of the weight it binds to (weight tensor id ->
+    ΔW), and one report row per module. `depthwise` (slots mode): a module on a DEPTHWISE_CONV_2D gets the
+    full-conv ΔW [OC, KH, KW, C] of `depthwise_delta` (else it is refused, as fuse mode must)."""
+    users = _weight_users(graph)
+    deltas, rows = {}, []
     for b in bind(graph, adapter, adapter_map):
         bn_scaled = False
         for tid in b.tids:
             ops = users[tid]
-            delta, scaled = ir_delta(graph, b, tid, ops[0])
+            fn = depthwise_delta if depthwise and ops[0].type == "DEPTHWISE_CONV_2D" else ir_delta
+            deltas[tid], scaled = fn(graph, b, tid, ops[0])
             for op in ops[1:]:
-                ir_delta(graph, b, tid, op)  # the same checks for every user of a shared weight
+                fn(graph, b, tid, op)  # the same checks for every user of a shared weight
             bn_scaled |= scaled
-            t = graph.t(tid)
-            where = f"adapter module '{b.module.path}' -> '{b.target}'"
-            if t.dtype == "float32":
-                tensors[tid] = dataclasses.replace(t, data=(t.data.astype(np.float64) + delta).astype(np.float32))
-            else:
-                _merge_int8(graph, tensors, tid, delta, ops, where)
         rows.append({"module": b.module.path, "target": b.target,
                      "tensors": [graph.t(tid).name for tid in b.tids], "rank": b.module.rank,
                      "scale": b.module.scale, "channel_scaled": bn_scaled,
                      "delta_max_abs": float(np.abs(b.module.delta()).max())})
-    return Graph(tensors, graph.ops, list(graph.inputs), list(graph.outputs), graph.source), rows
+    return deltas, rows
+
+
+def fuse_adapter(graph: Graph, adapter: Adapter, adapter_map: dict[str, str] | None = None
+                 ) -> tuple[Graph, list[dict]]:
+    """The graph with `adapter` merged into its weights (the input graph is not modified), and one report
+    row per adapted module."""
+    deltas, rows = adapter_deltas(graph, adapter, adapter_map)
+    return merge_deltas(graph, deltas), rows

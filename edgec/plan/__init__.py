@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import LoweredOp
-from edgec.plan.arena import Buffer, Plan, lower_bound, pack
+from edgec.plan.arena import SCRATCH_ALIGN, Buffer, Plan, lower_bound, pack
 
 
 def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
@@ -48,7 +48,7 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
     for step, lo in enumerate(lowered):
         nbytes = sum(a.scratch_bytes for a in lo.args if a.kind == "scratch")
         if nbytes:
-            scratch.append(Buffer(f"scratch:{step}", nbytes, step, step))
+            scratch.append(Buffer(f"scratch:{step}", nbytes, step, step, align=SCRATCH_ALIGN))
     # The bound counts every tensor on its own (aliases are one tensor): in-place reuse can beat it.
     bound = lower_bound(buffers_of_groups() + scratch, n)
 

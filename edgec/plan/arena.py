@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ALIGN = 4  # int32/float tensors need 4-byte alignment; the arena base itself is 16-byte aligned
+SCRATCH_ALIGN = 8  # kernel scratch may start with int64 values
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Buffer:
     last: int  # last step at which it is read (n_ops = after the last op: graph outputs)
     tensors: list[int] = field(default_factory=list)
     offset: int = -1
+    align: int = ALIGN
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -38,8 +40,8 @@ class Plan:
     scratch_offset: dict[int, int]  # op position -> arena offset of its scratch
 
 
-def _align(x: int) -> int:
-    return (x + ALIGN - 1) // ALIGN * ALIGN
+def _align(x: int, align: int = ALIGN) -> int:
+    return (x + align - 1) // align * align
 
 
 def lower_bound(buffers: list[Buffer], n_steps: int) -> int:
@@ -61,7 +63,7 @@ def _place(buffers: list[Buffer], order: list[Buffer]) -> int:
         for p in conflicts:
             if offset + b.size <= p.offset:
                 break
-            offset = max(offset, _align(p.offset + p.size))
+            offset = max(offset, _align(p.offset + p.size, b.align))
         b.offset = offset
         placed.append(b)
         end = max(end, offset + b.size)
@@ -93,7 +95,7 @@ def verify_plan(plan: Plan) -> None:
     """Raise AssertionError if two simultaneously live buffers overlap or a buffer leaves the arena."""
     bufs = plan.buffers
     for i, a in enumerate(bufs):
-        if a.offset < 0 or a.offset % ALIGN or a.offset + a.size > plan.arena_bytes:
+        if a.offset < 0 or a.offset % a.align or a.offset + a.size > plan.arena_bytes:
             raise AssertionError(f"buffer {a.name} at {a.offset}+{a.size} is outside the {plan.arena_bytes}-byte "
                                  "arena or misaligned")
         for b in bufs[i + 1:]:

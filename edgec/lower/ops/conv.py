@@ -312,11 +312,46 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
 
 
 def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
-                   rq: Requant):
-    """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func."""
+                   rq: Requant, pixel_macro: bool = False):
+    """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func.
+    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[1], n, oh, ow) instead."""
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
     ACC = acc_dtype(KH * KW)
+
+    # One output pixel (all channels); the LoRA slots kernel reuses it when no slot is active.
+    @T.macro
+    def pixel(x, w, q, y, acc, n, oh, ow):
+        if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
+                          and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
+            for c, m in T.grid(C, DM):
+                acc[0] = 0
+                if UNROLL:
+                    for kh in T.unroll(KH):
+                        for kw in T.unroll(KW):
+                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                  + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
+                                T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                else:
+                    for kh, kw in T.grid(KH, KW):
+                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                              + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
+                            T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m)
+        else:
+            for c, m in T.grid(C, DM):
+                acc[0] = 0
+                for kh in range(KH):
+                    if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                        for kw in range(KW):
+                            if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                      + ow * SW - PL + kw * DW) * C + c]) - XZP,
+                                    T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m)
+
+    if pixel_macro:
+        return pixel
 
     @T.prim_func(s_tir=True)
     def depthwise(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
@@ -327,33 +362,7 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
         acc = T.sblock_alloc_buffer((1,), ACC)
         for n, oh, ow in T.grid(N, OH, OW):
-            if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
-                              and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
-                for c, m in T.grid(C, DM):
-                    acc[0] = 0
-                    if UNROLL:
-                        for kh in T.unroll(KH):
-                            for kw in T.unroll(KW):
-                                acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                      + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
-                                    T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                    else:
-                        for kh, kw in T.grid(KH, KW):
-                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                  + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
-                                T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                    y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m)
-            else:
-                for c, m in T.grid(C, DM):
-                    acc[0] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                          + ow * SW - PL + kw * DW) * C + c]) - XZP,
-                                        T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                    y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m)
+            pixel(x, w, q, y, acc, n, oh, ow)
     return depthwise
 
 
@@ -454,6 +463,32 @@ def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP
     return fully_connected_slots
 
 
+def slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R):
+    """The T.macro (x, a, st, t, active[1], acc1[1], n, oh, ow) of the conv slot kernels' window sums: for each
+    active slot s (st[s] != 0), t[s, r] = sum over the output pixel's in-image taps (all C input channels) of
+    a[s, r, tap] * (x - XZP) (int32); active[0] = 1 if any slot is active, else 0."""
+
+    @T.macro
+    def window_sums(x, a, st, t, active, acc1, n, oh, ow):
+        active[0] = 0
+        for s in range(S):
+            if st[s] != 0:
+                active[0] = 1
+                for r in range(R):
+                    acc1[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    for ic in range(C):
+                                        acc1[0] = acc1[0] + (T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH)
+                                                                                * W + ow * SW - PL + kw * DW) * C
+                                                                               + ic]) - XZP) \
+                                            * T.Cast("int32", a[(((s * R + r) * KH + kh) * KW + kw) * C + ic])
+                    t[s * R + r] = acc1[0]
+    return window_sums
+
+
 def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PADDED, XZP_IN, XZP, BI, BB, BP,
                       rq: Requant, S, R):
     """CONV_2D (one group) with S LoRA slots of rank <= R (see lower_conv2d_slots).
@@ -464,6 +499,7 @@ def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PA
     delta, computed from t as in fully_connected_slots_func."""
     pixel = conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, 1, PADDED, XZP_IN, XZP, BI, BB, rq,
                         pixel_macro=True)
+    window_sums = slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R)
     ACC = acc_dtype(KH * KW * C)
 
     @T.prim_func(s_tir=True)
@@ -486,22 +522,7 @@ def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PA
         acc2 = T.sblock_alloc_buffer((1,), "int64")
         acc3 = T.sblock_alloc_buffer((1,), "int64")
         for n, oh, ow in T.grid(N, OH, OW):
-            active[0] = 0
-            for s in range(S):
-                if st[s] != 0:
-                    active[0] = 1
-                    for r in range(R):
-                        acc1[0] = 0
-                        for kh in range(KH):
-                            if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                                for kw in range(KW):
-                                    if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                        for ic in range(C):
-                                            acc1[0] = acc1[0] + (T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH)
-                                                                                    * W + ow * SW - PL + kw * DW) * C
-                                                                                   + ic]) - XZP) \
-                                                * T.Cast("int32", a[(((s * R + r) * KH + kh) * KW + kw) * C + ic])
-                        t[s * R + r] = acc1[0]
+            window_sums(x, a, st, t, active, acc1, n, oh, ow)
             if active[0] == 0:
                 pixel(x, w, q, y, acc, n, oh, ow)
             else:
@@ -518,6 +539,60 @@ def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PA
                     slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC)
                     y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BP, oc, extra=acc3[0])
     return conv2d_slots
+
+
+def depthwise_slots_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB, BP,
+                         rq: Requant, S, R):
+    """DEPTHWISE_CONV_2D with S LoRA slots of rank <= R (see lower_depthwise_slots). PEFT's LoRA on a depthwise
+    conv is a full convolution, so the slot factors are those of a CONV_2D ΔW [OC, KH*KW*C].
+
+    Per output pixel: t[s, r] as in conv2d_slots_func (the window over all C input channels); then, if no slot
+    is active, depthwise_func's pixel (the base result bit for bit); else per output channel c * DM + m the
+    depthwise accumulator over the in-image taps from the plain bias section BP plus delta, computed from t as
+    in fully_connected_slots_func."""
+    pixel = depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB, rq,
+                           pixel_macro=True)
+    window_sums = slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R)
+    OC = C * DM
+    ACC = acc_dtype(KH * KW)
+
+    @T.prim_func(s_tir=True)
+    def depthwise_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), a_p: T.handle("int8"),
+                        b_p: T.handle("int8"), m_p: T.handle("int32"), st_p: T.handle("int32"),
+                        t_p: T.handle("int32"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+        w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
+        q = T.decl_buffer((rq.size,), "int32", data=q_p)
+        a = T.decl_buffer((S * R * KH * KW * C,), "int8", data=a_p)
+        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
+        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
+        st = T.decl_buffer((S,), "int32", data=st_p)
+        t = T.decl_buffer((S * R,), "int32", data=t_p)
+        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+        acc = T.sblock_alloc_buffer((1,), ACC)
+        active = T.sblock_alloc_buffer((1,), "int32")
+        acc1 = T.sblock_alloc_buffer((1,), "int32")
+        acc2 = T.sblock_alloc_buffer((1,), "int64")
+        acc3 = T.sblock_alloc_buffer((1,), "int64")
+        for n, oh, ow in T.grid(N, OH, OW):
+            window_sums(x, a, st, t, active, acc1, n, oh, ow)
+            if active[0] == 0:
+                pixel(x, w, q, y, acc, n, oh, ow)
+            else:
+                for c, dm in T.grid(C, DM):
+                    acc[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL + kw * DW) * C + c]) - XZP,
+                                                 T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + dm]))
+                    slot_branch(acc2, acc3, st, bq, t, m, c * DM + dm, S, R, OC)
+                    y[((n * OH + oh) * OW + ow) * OC + c * DM + dm] = rq.expr(q, acc[0], BP, c * DM + dm,
+                                                                              extra=acc3[0])
+    return depthwise_slots
 
 
 def fill_func(SIZE, VALUE):
@@ -749,6 +824,43 @@ def lower_conv2d_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
             Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
             Arg.output(op.outputs[0])]
     return LoweredOp(op, func, args, kind="conv2d_slots")
+
+
+def lower_depthwise_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
+    """DEPTHWISE_CONV_2D with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*C], B [OC, r]) of the
+    full-conv ΔW [OC, KH, KW, C] of PEFT's LoRA on a depthwise Conv2d, or None). Same slot tables and extra
+    args as lower_conv2d_slots; with no slot active every pixel runs lower_depthwise's code, so the result
+    equals it bit for bit."""
+    base = lower_depthwise(graph, op)
+    if base.kind == "fill":
+        return base  # the output is one value whatever the adapters do
+    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
+    n, h, wd, c = x.shape
+    _, kh, kw, oc = w.shape
+    dm = oc // c
+    k = kh * kw * c
+    if k * 255 * 127 > _ACC_LIMIT:
+        raise _fail(graph, op, f"{k} taps (KH * KW * input channels) per output with adapter slots",
+                    "at most 66313 (int32 LoRA sums)")
+    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
+    a = op.attrs
+    bias = _bias(graph, op, oc)
+    scales = _weight_scales(graph, op, w, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
+    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
+    wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
+    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
+    # The slot path sums (x - x_zp) * w over in-image taps, from the plain bias.
+    bp = bb if bb != bi or wsum is None else rq.add_section(bias if bias is not None else np.zeros(oc, np.int64))
+    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
+    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
+    func = depthwise_slots_func(n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
+                                a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb, bp, rq,
+                                len(factors), rank)
+    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
+            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
+            Arg.output(op.outputs[0])]
+    return LoweredOp(op, func, args, kind="depthwise_slots")
 
 
 LOWERINGS = {
