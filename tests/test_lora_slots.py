@@ -109,7 +109,8 @@ def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
 
 def test_report_and_tables(setup) -> None:
     report = setup["report"]
-    assert report["adapter_slots"] == 3 and report["adapter_table_bytes"] > 0
+    assert report["adapter_slots"] == 3 and 0 < report["adapter_layout_bytes"] <= report["adapter_bank_bytes"]
+    assert report["adapter_bank_bytes"] % report["adapter_page_bytes"] == 0
     assert [(a["name"], a["slot"], a["rank"]) for a in report["adapters"]] == [("a", 0, 4), ("b", 1, 2), ("c", 2, 8)]
     assert sorted(r["kernel"].rsplit("_", 1)[0] for r in report["ops"] if r["type"] == "FULLY_CONNECTED") == \
         ["edgec_k_fully_connected_slots"] * 2
@@ -156,9 +157,13 @@ def test_switching_between_inferences_qemu_matches_host(setup) -> None:
     qemu = _run(setup, "slots", "qemu", schedule, inputs=xs)
     host = _run(setup, "slots", "host", schedule, inputs=xs)
     assert np.array_equal(qemu, host)
-    # Each record equals a run with that record's activation fixed (switching has no memory).
+    # Each record equals a run with that record's activation fixed (switching has no memory) ...
     for i in (1, 4, 6):
         assert np.array_equal(host[i], _run(setup, "slots", "host", [schedule[i]], inputs=xs[i:i + 1])[0])
+    # ... and PEFT's model with that record's adapters and scales, within the bound.
+    for i, row in enumerate(schedule):
+        want = _peft_reference(setup, {n: v / ONE for n, v in zip(ADAPTERS, row)}, xs[i:i + 1, 0])
+        assert np.abs(qemu[i].astype(np.float64) - want.reshape(qemu[i].shape)).max() <= MAX_ABS_ERROR, i
 
 
 def test_verify_cli_qemu(setup) -> None:

@@ -40,7 +40,8 @@ def adapter_costs(model: Path, target: str, work: Path, inputs, base: dict, prog
         "adapted_layers": len(mapping),
         "fuse_instructions": fuse["instructions_per_inference"],
         "fuse_flash_bytes": fuse["flash_bytes"] - base["flash_bytes"],
-        "slot_table_bytes": report["adapter_table_bytes"],
+        "slot_table_bytes": report["adapter_layout_bytes"],
+        "slot_bank_bytes": report["adapter_bank_bytes"],
         "slots_extra_flash_bytes": idle["flash_bytes"] - fuse["flash_bytes"],
         "slots_extra_ram_bytes": idle["ram_bytes"] - fuse["ram_bytes"],
         "slots_idle_extra_instructions": idle["instructions_per_inference"] - fuse["instructions_per_inference"],
@@ -91,14 +92,15 @@ def format_table(result: dict) -> str:
                      f"{r['instructions_per_inference']:>16,} {r['build_seconds']:>8.2f}")
     rows = [r for r in result["models"] if "adapter" in r]
     if rows:
-        head = (f"{'rank-4 LoRA adapter':<24} {'layers':>6} {'slot flash B':>12} {'+code B':>8} {'+RAM B':>7} "
+        head = (f"{'rank-4 LoRA adapter':<24} {'layers':>6} {'slot B':>7} {'bank B':>7} {'+code B':>8} {'+RAM B':>7} "
                 f"{'fuse instr':>12} {'slots idle +instr':>18} {'slots active +instr':>20}")
         lines += ["", head, "-" * len(head)]
         for r in rows:
             a = r["adapter"]
-            lines.append(f"{r['model']:<24} {a['adapted_layers']:>6} {a['slot_table_bytes']:>12,} "
-                         f"{a['slots_extra_flash_bytes'] - a['slot_table_bytes']:>8,} {a['slots_extra_ram_bytes']:>7,} "
-                         f"{a['fuse_instructions']:>12,} {_pct(a['slots_idle_extra_instructions'], a):>18} "
+            lines.append(f"{r['model']:<24} {a['adapted_layers']:>6} {a['slot_table_bytes']:>7,} "
+                         f"{a['slot_bank_bytes']:>7,} {a['slots_extra_flash_bytes'] - a['slot_bank_bytes']:>8,} "
+                         f"{a['slots_extra_ram_bytes']:>7,} {a['fuse_instructions']:>12,} "
+                         f"{_pct(a['slots_idle_extra_instructions'], a):>18} "
                          f"{_pct(a['slots_active_extra_instructions'], a):>20}")
     return "\n".join(lines)
 

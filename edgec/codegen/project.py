@@ -67,14 +67,14 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
     common = {"version": __version__, "model_name": model_name,
               "model_hash": hashlib.sha256(model_bytes).hexdigest(), "tvm_version": tvm.__version__}
 
-    arrays, calls, slot_arrays = _arrays_and_calls(model, plan)
+    arrays, calls = _arrays_and_calls(model, plan)
     prototypes = [_prototype(model.kernels_c, name) for name in model.kernel_params]
     weights_bytes = sum(a.nbytes for a in arrays)
     report["weights_bytes"] = weights_bytes
-    slots = _slot_context(slot_plan, slot_arrays)
+    slots = _slot_context(slot_plan, model.adapter_banks, target)
     if slots:
-        report["adapter_slots"] = slots["count"]
-        report["adapter_table_bytes"] = sum(a.nbytes for a in slot_arrays)
+        report.update(adapter_slots=slots["count"], adapter_layout_bytes=slots["layout_bytes"],
+                      adapter_bank_bytes=slots["bank_bytes"], adapter_page_bytes=slots["page_bytes"])
 
     def sizes(tids):
         return [graph.t(t).nbytes for t in tids]
@@ -94,9 +94,8 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
     if slots:
-        files["src/adapters.c"] = env.get_template("adapters.c.j2").render(common, slots=slots, arrays=slot_arrays)
-        files["src/edgec_adapters.h"] = env.get_template("edgec_adapters.h.j2").render(common, slots=slots,
-                                                                                       arrays=slot_arrays)
+        files["src/adapters.c"] = env.get_template("adapters.c.j2").render(common, slots=slots)
+        files["src/edgec_adapters.h"] = env.get_template("edgec_adapters.h.j2").render(common, slots=slots)
     for name in ("CMakeLists.txt.j2", "platformio.ini.j2", "library.json.j2", "cmake/arm-none-eabi.cmake.j2",
                  "examples/platformio/main.cpp.j2"):
         if name.startswith("cmake/") and not target.get("board"):
@@ -122,34 +121,37 @@ def _runtime_dirs(target: dict) -> dict[str, Path]:
     return dirs
 
 
-def _slot_context(slot_plan, slot_arrays: list[ConstArray]) -> dict | None:
-    """What the templates need about the adapter slots (None without slots)."""
+def _slot_context(slot_plan, banks, target: dict) -> dict | None:
+    """What the templates need about the adapter slots (None without slots): the slot metadata and the bank
+    images, each padded to a whole number of flash pages (the target's `flash_page_bytes`)."""
     if slot_plan is None:
         return None
     infos = [{"name": a.name, "id": a.id, "version": a.version, "rank": a.rank} for a in slot_plan.adapters]
     infos += [{"name": "", "id": 0, "version": 0, "rank": 0}] * (slot_plan.slots - len(infos))
-    return {"count": slot_plan.slots, "infos": infos, "table_bytes": sum(a.nbytes for a in slot_arrays)}
+    page = int(target.get("flash_page_bytes", 4096))
+    layout = banks.nbytes if banks is not None else 0
+    bank_bytes = max(1, -(-layout // page)) * page
+    images = banks.images if banks is not None else [b""] * slot_plan.slots
+    words = np.frombuffer(b"".join(bytes(im) + bytes(bank_bytes - len(im)) for im in images), "<i4")
+    return {"count": slot_plan.slots, "infos": infos, "page_bytes": page, "layout_bytes": layout,
+            "bank_bytes": bank_bytes, "words": _c_literals(words)}
 
 
-def _arrays_and_calls(model: LoweredModel, plan: Plan
-                      ) -> tuple[list[ConstArray], list[dict], list[ConstArray]]:
-    """Constant arrays of weights.c, the kernel calls, and the LoRA slot tables of adapters.c."""
+def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict]]:
+    """Constant arrays of weights.c and the kernel calls."""
     graph = model.graph
     arrays: list[ConstArray] = []
-    slot_arrays: list[ConstArray] = []
     by_content: dict[tuple, str] = {}
 
-    def const_symbol(array: np.ndarray, comment: str, into: list[ConstArray] | None = None,
-                     prefix: str = "edgec_const") -> str:
-        into = arrays if into is None else into
+    def const_symbol(array: np.ndarray, comment: str) -> str:
         array = np.ascontiguousarray(array)
-        key = (prefix, array.dtype.str, array.shape, array.tobytes())
+        key = (array.dtype.str, array.shape, array.tobytes())
         if key not in by_content:
-            name = f"{prefix}_{len(into)}"
+            name = f"edgec_const_{len(arrays)}"
             ctype = C_TYPES[_NP_TO_IR[array.dtype]]
-            into.append(ConstArray(name, ctype, max(array.size, 1), _c_literals(array if array.size else
-                                                                                 np.zeros(1, array.dtype)),
-                                   comment, array.nbytes))
+            arrays.append(ConstArray(name, ctype, max(array.size, 1), _c_literals(array if array.size else
+                                                                                   np.zeros(1, array.dtype)),
+                                     comment, array.nbytes))
             by_content[key] = name
         return by_content[key]
 
@@ -167,9 +169,8 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan
                     args.append(f"({ctype} *)(edgec_arena + {plan.tensor_offset[a.tensor]}u)")
             elif a.kind == "const":
                 args.append(const_symbol(a.array, f"{lo.op.describe()}: compile-time constant"))
-            elif a.kind == "adapter":
-                args.append(const_symbol(a.array, f"{lo.op.describe()}: LoRA slot table {list(a.array.shape)}",
-                                         slot_arrays, "edgec_adapter_table"))
+            elif a.kind == "adapter_banks":
+                args.append("(const int8_t *)edgec_adapter_banks" if a.dtype == "int8" else "edgec_adapter_banks")
             elif a.kind == "adapter_state":
                 args.append("edgec_adapter_state")
             else:
@@ -177,7 +178,7 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan
                 scratch_cursor += a.scratch_bytes
         calls.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name.replace("*/", "* /"),
                       "kernel": kernel, "args": args})
-    return arrays, calls, slot_arrays
+    return arrays, calls
 
 
 def _prototype(kernels_c: str, name: str) -> str:

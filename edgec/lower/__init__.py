@@ -14,6 +14,7 @@ from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import Arg, LoweredOp
 from edgec.lower.ops import LOWERINGS, lowering_for
+from edgec.lower.ops.slots import SLOT_LOWERINGS, AdapterBanks
 from edgec.lower.tir_to_c import emit_c
 
 __all__ = ["Arg", "LoweredModel", "LoweredOp", "lower_graph"]
@@ -26,6 +27,7 @@ class LoweredModel:
     kernel_of_op: list[str | None]  # C symbol per op (None for alias-only ops)
     kernel_params: dict[str, list[str]]  # C symbol -> parameter names
     kernels_c: str  # C definitions of all kernels
+    adapter_banks: AdapterBanks | None = None  # LoRA slots mode: every slot's table image
 
 
 def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredModel:
@@ -33,16 +35,13 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
 
     `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
     FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D ops using that weight get the slot kernel
-    (edgec.lower.ops.conv)."""
-    from edgec.lower.ops.conv import lower_conv2d_slots, lower_depthwise_slots, lower_fully_connected_slots
-
+    (edgec.lower.ops.slots), whose tables go to `adapter_banks`."""
     slots = slots or {}
-    slot_lowerings = {"FULLY_CONNECTED": lower_fully_connected_slots, "CONV_2D": lower_conv2d_slots,
-                      "DEPTHWISE_CONV_2D": lower_depthwise_slots}
+    banks = AdapterBanks(len(next(iter(slots.values())))) if slots else None
     lowered = []
     for op in graph.ops:
-        if op.type in slot_lowerings and len(op.inputs) > 1 and op.inputs[1] in slots:
-            lowered.append(slot_lowerings[op.type](graph, op, slots[op.inputs[1]]))
+        if op.type in SLOT_LOWERINGS and len(op.inputs) > 1 and op.inputs[1] in slots:
+            lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks))
             continue
         lower = lowering_for(graph, op)
         if lower is None:
@@ -72,4 +71,4 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
             by_hash.setdefault(h, []).append(name)
         kernel_of_op.append(name)
     kernels_c = emit_c(funcs, readonly) if funcs else ""
-    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c)
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks)

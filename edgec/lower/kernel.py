@@ -17,7 +17,8 @@ class Arg:
     kind "tensor": graph tensor `tensor` (an activation in the arena or a constant in flash);
     kind "const": an extra constant array made at compile time (e.g. per-channel multipliers);
     kind "scratch": `scratch_bytes` of arena scratch, live only during this op;
-    kind "adapter": a LoRA slot table (const, src/adapters.c); kind "adapter_state": the slots' active scales.
+    kind "adapter_banks": the LoRA slot banks (const, src/adapters.c) viewed as `dtype` ("int8" or "int32");
+    kind "adapter_state": the slots' scales and bank offsets (RAM).
     """
 
     kind: str
@@ -25,6 +26,7 @@ class Arg:
     array: np.ndarray | None = None
     scratch_bytes: int = 0
     readonly: bool = True
+    dtype: str = ""
 
     @staticmethod
     def input(tid: int) -> Arg:
@@ -39,13 +41,13 @@ class Arg:
         return Arg("const", array=np.ascontiguousarray(array))
 
     @staticmethod
-    def adapter_table(array: np.ndarray) -> Arg:
-        """A LoRA slot table: constant, placed in src/adapters.c (not weights.c)."""
-        return Arg("adapter", array=np.ascontiguousarray(array))
+    def adapter_banks(dtype: str) -> Arg:
+        """The LoRA slot banks (one per slot, in flash), read as `dtype` elements."""
+        return Arg("adapter_banks", dtype=dtype)
 
     @staticmethod
     def adapter_state() -> Arg:
-        """The per-slot active scales (int32 Q16, RAM), written by edgec_adapter_activate()."""
+        """Per slot (int32 pairs, RAM): the active scale (Q16, 0 = off) and the bank's byte offset."""
         return Arg("adapter_state")
 
     @staticmethod

@@ -212,11 +212,17 @@ def mac(acc: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr
 # --- templates ----------------------------------------------------------------------------------------
 
 
+def _at(d, oc):
+    """The LoRA slots' int64 delta of output channel `oc` from buffer `d`, or None (no slots) at parse time."""
+    return None if d is None else d[oc]
+
+
 def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
                 rq: Requant, pixel_macro: bool = False):
     """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
     Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB.
-    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[OB], n, oh, ow) instead."""
+    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[OB], n, oh, ow, d) instead;
+    `d` is None or an int64 buffer [OC] added to each channel's accumulator before requantization (LoRA slots)."""
     IC = C // G
     FPG = OC // G
     ACC = acc_dtype(KH * KW * IC)
@@ -225,9 +231,9 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
 
-    # One output pixel (all channels); the LoRA slots kernel reuses it when no slot is active.
+    # One output pixel (all channels); the LoRA slots kernels reuse it.
     @T.macro
-    def pixel(x, w, q, y, acc, n, oh, ow):
+    def pixel(x, w, q, y, acc, n, oh, ow, d):
         if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
                           and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
             if ROW > 0:
@@ -249,14 +255,16 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                                                           + ow * SW - PL) * C + j]) - XZP_IN,
                                         T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
                     for i in T.unroll(OB):
-                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
+                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i,
+                                                                                   extra=_at(d, ocb * OB + i))
                 for t in range(OC % OB):
                     acc[0] = 0
                     for kh, j in T.grid(KH, ROW):
                         acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                               + ow * SW - PL) * C + j]) - XZP_IN,
                             T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
-                    y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
+                    y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(
+                        q, acc[0], BI, OC - OC % OB + t, extra=_at(d, OC - OC % OB + t))
             else:
                 for oc in range(OC):
                     acc[0] = 0
@@ -264,7 +272,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                         acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL
                                                               + kw * DW) * C + oc // FPG * IC + ic]) - XZP_IN,
                             T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
-                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc)
+                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BI, oc, extra=_at(d, oc))
         else:
             # Blocks of OB output channels share each guard and input load (one group only).
             for ocb in range(OC // OB if G == 1 else 0):
@@ -281,7 +289,8 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                                            - XZP,
                                             T.Cast("int32", w[(((ocb * OB + i) * KH + kh) * KW + kw) * IC + ic]))
                 for i in T.unroll(OB):
-                    y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BB, ocb * OB + i)
+                    y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BB, ocb * OB + i,
+                                                                           extra=_at(d, ocb * OB + i))
             for oc in range(OC - OC % OB if G == 1 else 0, OC):
                 acc[0] = 0
                 for kh in range(KH):
@@ -293,7 +302,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                                                           + ow * SW - PL + kw * DW) * C
                                                                          + oc // FPG * IC + ic]) - XZP,
                                         T.Cast("int32", w[((oc * KH + kh) * KW + kw) * IC + ic]))
-                y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BB, oc)
+                y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BB, oc, extra=_at(d, oc))
 
     if pixel_macro:
         return pixel
@@ -307,21 +316,22 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
         acc = T.sblock_alloc_buffer((OB,), ACC)
         for n, oh, ow in T.grid(N, OH, OW):
-            pixel(x, w, q, y, acc, n, oh, ow)
+            pixel(x, w, q, y, acc, n, oh, ow, None)
     return conv2d
 
 
 def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
                    rq: Requant, pixel_macro: bool = False):
     """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func.
-    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[1], n, oh, ow) instead."""
+    `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[1], n, oh, ow, d) instead
+    (`d` as in conv2d_func)."""
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
     ACC = acc_dtype(KH * KW)
 
-    # One output pixel (all channels); the LoRA slots kernel reuses it when no slot is active.
+    # One output pixel (all channels); the LoRA slots kernel reuses it.
     @T.macro
-    def pixel(x, w, q, y, acc, n, oh, ow):
+    def pixel(x, w, q, y, acc, n, oh, ow, d):
         if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
                           and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
             for c, m in T.grid(C, DM):
@@ -337,7 +347,8 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                         acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                               + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
                             T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m)
+                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m,
+                                                                          extra=_at(d, c * DM + m))
         else:
             for c, m in T.grid(C, DM):
                 acc[0] = 0
@@ -348,7 +359,8 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                                 acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                       + ow * SW - PL + kw * DW) * C + c]) - XZP,
                                     T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m)
+                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m,
+                                                                      extra=_at(d, c * DM + m))
 
     if pixel_macro:
         return pixel
@@ -362,14 +374,37 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
         acc = T.sblock_alloc_buffer((1,), ACC)
         for n, oh, ow in T.grid(N, OH, OW):
-            pixel(x, w, q, y, acc, n, oh, ow)
+            pixel(x, w, q, y, acc, n, oh, ow, None)
     return depthwise
 
 
-def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant):
-    """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI."""
+def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool = False):
+    """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI.
+    `row_macro`: return the T.macro computing one batch row (x, w, q, y, acc[OB], b, d) instead (`d` as in
+    conv2d_func)."""
     OB = _OC_BLOCK
     ACC = acc_dtype(K)
+
+    @T.macro
+    def row(x, w, q, y, acc, b, d):
+        for ocb in range(OC // OB):
+            for i in T.unroll(OB):
+                acc[i] = 0
+            for k in range(K):
+                for i in T.unroll(OB):
+                    acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                        (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
+            for i in T.unroll(OB):
+                y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
+        for t in range(OC % OB):
+            acc[0] = 0
+            for k in range(K):
+                acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                    (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
+            y[b * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t, extra=_at(d, OC - OC % OB + t))
+
+    if row_macro:
+        return row
 
     @T.prim_func(s_tir=True)
     def fully_connected(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
@@ -381,218 +416,8 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant):
         y = T.decl_buffer((B * OC,), "int8", data=y_p)
         acc = T.sblock_alloc_buffer((OB,), ACC)
         for b in range(B):
-            for ocb in range(OC // OB):
-                for i in T.unroll(OB):
-                    acc[i] = 0
-                for k in range(K):
-                    for i in T.unroll(OB):
-                        acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
-                            (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
-                for i in T.unroll(OB):
-                    y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
-            for t in range(OC % OB):
-                acc[0] = 0
-                for k in range(K):
-                    acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
-                        (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
-                y[b * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
+            row(x, w, q, y, acc, b, None)
     return fully_connected
-
-
-@T.macro
-def slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC):
-    """The LoRA slots contribution to output channel `oc`, into acc3[0] (int64, base accumulator scale):
-    for every active slot s, u = B[s, oc, :] . t[s, :] (int64), scaled by the slot's Q16 user scale
-    (rounded), then by the slot's per-channel (multiplier, shift) with rounding."""
-    acc3[0] = T.int64(0)
-    for s in range(S):
-        if st[s] != 0:
-            acc2[0] = T.int64(0)
-            for r in range(R):
-                acc2[0] = acc2[0] + T.Cast("int64", bq[(s * OC + oc) * R + r]) * T.Cast("int64", t[s * R + r])
-            acc3[0] = acc3[0] + T.shift_right(
-                T.shift_right(acc2[0] * T.Cast("int64", st[s]) + T.int64(1 << 15), T.int64(16))
-                * T.Cast("int64", m[(s * OC + oc) * 2])
-                + T.shift_left(T.int64(1), T.Cast("int64", m[(s * OC + oc) * 2 + 1] - 1)),
-                T.Cast("int64", m[(s * OC + oc) * 2 + 1]))
-
-
-def fully_connected_slots_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, S, R, XZP):
-    """FULLY_CONNECTED with S LoRA slots of rank <= R (see lower_fully_connected_slots).
-
-    Per batch row: t[s, r] = sum_k a[s, r, k] * (x[k] - XZP) (int32) for each active slot s (st[s] != 0);
-    per output channel: u = sum_r b[s, c, r] * t[s, r] (int64), v = (u * st[s] + 2^15) >> 16 (the user's
-    Q16 scale), delta += (v * m[s, c] + 2^(sh - 1)) >> sh; delta is added to the base accumulator
-    (saturated to int32) before the base requantization. No active slot: delta = 0, the base result."""
-    ACC = acc_dtype(K)
-
-    @T.prim_func(s_tir=True)
-    def fully_connected_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
-                              a_p: T.handle("int8"), b_p: T.handle("int8"), m_p: T.handle("int32"),
-                              st_p: T.handle("int32"), t_p: T.handle("int32"), y_p: T.handle("int8")):
-        T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((B * K,), "int8", data=x_p)
-        w = T.decl_buffer((OC * K,), "int8", data=w_p)
-        q = T.decl_buffer((rq.size,), "int32", data=q_p)
-        a = T.decl_buffer((S * R * K,), "int8", data=a_p)
-        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
-        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
-        st = T.decl_buffer((S,), "int32", data=st_p)
-        t = T.decl_buffer((S * R,), "int32", data=t_p)
-        y = T.decl_buffer((B * OC,), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((1,), ACC)
-        acc1 = T.sblock_alloc_buffer((1,), "int32")
-        acc2 = T.sblock_alloc_buffer((1,), "int64")
-        acc3 = T.sblock_alloc_buffer((1,), "int64")
-        for b in range(B):
-            for s in range(S):
-                if st[s] != 0:
-                    for r in range(R):
-                        acc1[0] = 0
-                        for k in range(K):
-                            acc1[0] = acc1[0] + (T.Cast("int32", x[b * K + k]) - XZP) \
-                                * T.Cast("int32", a[(s * R + r) * K + k])
-                        t[s * R + r] = acc1[0]
-            for oc in range(OC):
-                acc[0] = 0
-                for k in range(K):
-                    acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
-                                 (T.Cast("int32", w[oc * K + k]) - WZP))
-                slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC)
-                y[b * OC + oc] = rq.expr(q, acc[0], BI, oc, extra=acc3[0])
-    return fully_connected_slots
-
-
-def slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R):
-    """The T.macro (x, a, st, t, active[1], acc1[1], n, oh, ow) of the conv slot kernels' window sums: for each
-    active slot s (st[s] != 0), t[s, r] = sum over the output pixel's in-image taps (all C input channels) of
-    a[s, r, tap] * (x - XZP) (int32); active[0] = 1 if any slot is active, else 0."""
-
-    @T.macro
-    def window_sums(x, a, st, t, active, acc1, n, oh, ow):
-        active[0] = 0
-        for s in range(S):
-            if st[s] != 0:
-                active[0] = 1
-                for r in range(R):
-                    acc1[0] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    for ic in range(C):
-                                        acc1[0] = acc1[0] + (T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH)
-                                                                                * W + ow * SW - PL + kw * DW) * C
-                                                                               + ic]) - XZP) \
-                                            * T.Cast("int32", a[(((s * R + r) * KH + kh) * KW + kw) * C + ic])
-                    t[s * R + r] = acc1[0]
-    return window_sums
-
-
-def conv2d_slots_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, PADDED, XZP_IN, XZP, BI, BB, BP,
-                      rq: Requant, S, R):
-    """CONV_2D (one group) with S LoRA slots of rank <= R (see lower_conv2d_slots).
-
-    Per output pixel: t[s, r] = sum over the in-image taps of a[s, r, tap] * (x - XZP) (int32) for each active
-    slot; then, if no slot is active, conv2d_func's pixel (all its fast paths, the base result bit for bit);
-    else per output channel the base accumulator over the in-image taps from the plain bias section BP plus
-    delta, computed from t as in fully_connected_slots_func."""
-    pixel = conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, 1, PADDED, XZP_IN, XZP, BI, BB, rq,
-                        pixel_macro=True)
-    window_sums = slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R)
-    ACC = acc_dtype(KH * KW * C)
-
-    @T.prim_func(s_tir=True)
-    def conv2d_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), a_p: T.handle("int8"),
-                     b_p: T.handle("int8"), m_p: T.handle("int32"), st_p: T.handle("int32"), t_p: T.handle("int32"),
-                     y_p: T.handle("int8")):
-        T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
-        w = T.decl_buffer((OC * KH * KW * C,), "int8", data=w_p)
-        q = T.decl_buffer((rq.size,), "int32", data=q_p)
-        a = T.decl_buffer((S * R * KH * KW * C,), "int8", data=a_p)
-        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
-        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
-        st = T.decl_buffer((S,), "int32", data=st_p)
-        t = T.decl_buffer((S * R,), "int32", data=t_p)
-        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((_OC_BLOCK,), ACC)
-        active = T.sblock_alloc_buffer((1,), "int32")
-        acc1 = T.sblock_alloc_buffer((1,), "int32")
-        acc2 = T.sblock_alloc_buffer((1,), "int64")
-        acc3 = T.sblock_alloc_buffer((1,), "int64")
-        for n, oh, ow in T.grid(N, OH, OW):
-            window_sums(x, a, st, t, active, acc1, n, oh, ow)
-            if active[0] == 0:
-                pixel(x, w, q, y, acc, n, oh, ow)
-            else:
-                for oc in range(OC):
-                    acc[0] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    for ic in range(C):
-                                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                              + ow * SW - PL + kw * DW) * C + ic])
-                                                     - XZP, T.Cast("int32", w[((oc * KH + kh) * KW + kw) * C + ic]))
-                    slot_branch(acc2, acc3, st, bq, t, m, oc, S, R, OC)
-                    y[((n * OH + oh) * OW + ow) * OC + oc] = rq.expr(q, acc[0], BP, oc, extra=acc3[0])
-    return conv2d_slots
-
-
-def depthwise_slots_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB, BP,
-                         rq: Requant, S, R):
-    """DEPTHWISE_CONV_2D with S LoRA slots of rank <= R (see lower_depthwise_slots). PEFT's LoRA on a depthwise
-    conv is a full convolution, so the slot factors are those of a CONV_2D ΔW [OC, KH*KW*C].
-
-    Per output pixel: t[s, r] as in conv2d_slots_func (the window over all C input channels); then, if no slot
-    is active, depthwise_func's pixel (the base result bit for bit); else per output channel c * DM + m the
-    depthwise accumulator over the in-image taps from the plain bias section BP plus delta, computed from t as
-    in fully_connected_slots_func."""
-    pixel = depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB, rq,
-                           pixel_macro=True)
-    window_sums = slot_window_sums_func(H, W, C, KH, KW, SH, SW, DH, DW, PT, PL, XZP, S, R)
-    OC = C * DM
-    ACC = acc_dtype(KH * KW)
-
-    @T.prim_func(s_tir=True)
-    def depthwise_slots(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), a_p: T.handle("int8"),
-                        b_p: T.handle("int8"), m_p: T.handle("int32"), st_p: T.handle("int32"),
-                        t_p: T.handle("int32"), y_p: T.handle("int8")):
-        T.func_attr({"tirx.noalias": True})
-        x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
-        w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
-        q = T.decl_buffer((rq.size,), "int32", data=q_p)
-        a = T.decl_buffer((S * R * KH * KW * C,), "int8", data=a_p)
-        bq = T.decl_buffer((S * OC * R,), "int8", data=b_p)
-        m = T.decl_buffer((S * OC * 2,), "int32", data=m_p)
-        st = T.decl_buffer((S,), "int32", data=st_p)
-        t = T.decl_buffer((S * R,), "int32", data=t_p)
-        y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((1,), ACC)
-        active = T.sblock_alloc_buffer((1,), "int32")
-        acc1 = T.sblock_alloc_buffer((1,), "int32")
-        acc2 = T.sblock_alloc_buffer((1,), "int64")
-        acc3 = T.sblock_alloc_buffer((1,), "int64")
-        for n, oh, ow in T.grid(N, OH, OW):
-            window_sums(x, a, st, t, active, acc1, n, oh, ow)
-            if active[0] == 0:
-                pixel(x, w, q, y, acc, n, oh, ow)
-            else:
-                for c, dm in T.grid(C, DM):
-                    acc[0] = 0
-                    for kh in range(KH):
-                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                            for kw in range(KW):
-                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                          + ow * SW - PL + kw * DW) * C + c]) - XZP,
-                                                 T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + dm]))
-                    slot_branch(acc2, acc3, st, bq, t, m, c * DM + dm, S, R, OC)
-                    y[((n * OH + oh) * OW + ow) * OC + c * DM + dm] = rq.expr(q, acc[0], BP, c * DM + dm,
-                                                                              extra=acc3[0])
-    return depthwise_slots
 
 
 def fill_func(SIZE, VALUE):
@@ -630,7 +455,8 @@ def _bias_sections(rq: Requant, bias: np.ndarray | None, wsum: np.ndarray | None
     return 0, bi, bb
 
 
-def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
+def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
+    """CONV_2D's Prepare: the requantization, the weight scales and conv2d_func's arguments (without rq)."""
     x, w, y = _check_tensors(graph, op, 4)
     if len(x.shape) != 4 or len(y.shape) != 4:
         raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
@@ -640,20 +466,24 @@ def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
         raise _fail(graph, op, f"input with {c} channels, filter {list(w.shape)}, output with {y.shape[3]} channels",
                     "filter depth dividing the input depth (groups) and output channels = filters, a multiple "
                     "of the groups")
-    groups = c // ic
     oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
-    bias = _bias(graph, op, oc)
-    mult, shift = conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    scales = _weight_scales(graph, op, w, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
     rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
-    func = conv2d_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                       a["dilation_w"], pt, pl, groups, padded, xzp_in, x.zero_point, bi, bb, rq)
-    return _lowered(op, y, rq, func, "conv2d")
+    xzp_in, bi, bb = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, padded)
+    return rq, scales, (n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
+                        a["dilation_w"], pt, pl, c // ic, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
+def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
+    rq, _, params = conv2d_setup(graph, op)
+    return _lowered(op, graph.t(op.outputs[0]), rq, conv2d_func(*params, rq), "conv2d")
+
+
+def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
+    """DEPTHWISE_CONV_2D's Prepare: the requantization, the weight scales and depthwise_func's arguments."""
     x, w, y = _check_tensors(graph, op, 4)
     if len(x.shape) != 4 or len(y.shape) != 4:
         raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
@@ -665,21 +495,30 @@ def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
                     f"with {y.shape[3]} channels", "filter (1, KH, KW, C * depth_multiplier) matching the output")
     oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
     a = op.attrs
-    bias = _bias(graph, op, oc)
-    mult, shift = conv_multipliers(x, _weight_scales(graph, op, w, oc), y, oc)
+    scales = _weight_scales(graph, op, w, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
     rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
-    func = depthwise_func(n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                          a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb, rq)
-    return _lowered(op, y, rq, func, "depthwise")
+    xzp_in, bi, bb = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, padded)
+    return rq, scales, (n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
+                        a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def _fc_quantization(graph: Graph, op: Op, x, w, y, oc: int):
-    """FULLY_CONNECTED's Prepare: weight scales, requantization, the weights' zero point as applied,
-    and the bias sections (zero-point correction folded into the bias for const weights)."""
+def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
+    rq, _, params = depthwise_setup(graph, op)
+    return _lowered(op, graph.t(op.outputs[0]), rq, depthwise_func(*params, rq), "depthwise")
+
+
+def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
+    """FULLY_CONNECTED's Prepare: the requantization, the weight scales and fully_connected_func's arguments
+    (without rq): batches, K, OC, the input zero point left in the loop (0 when folded into the bias), the
+    weights' zero point as applied, the bias section."""
+    x, w, y = _check_tensors(graph, op, 2)
+    oc, k = w.shape
+    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
+        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
+                    "input size a multiple of the weights' columns, output (..., output channels)")
     scales = _weight_scales(graph, op, w, oc)
-    bias = _bias(graph, op, oc)
     if len(scales) > 1:
         # FullyConnectedPerChannel: per-channel scales, the weights' zero point is not applied.
         mult, shift = conv_multipliers(x, scales, y, oc)
@@ -692,175 +531,13 @@ def _fc_quantization(graph: Graph, op: Op, x, w, y, oc: int):
     rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
     # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
     wsum = (w.data.astype(np.int64) - wzp).sum(1) if w.is_const else None
-    xzp_in, bi, _ = _bias_sections(rq, bias, wsum, x.zero_point, False)
-    return scales, rq, wzp, xzp_in, bi
+    xzp_in, bi, _ = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, False)
+    return rq, scales, (x.size // k, k, oc, xzp_in, wzp, bi)
 
 
 def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
-    x, w, y = _check_tensors(graph, op, 2)
-    oc, k = w.shape
-    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
-        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
-                    "input size a multiple of the weights' columns, output (..., output channels)")
-    batches = x.size // k
-    _, rq, wzp, xzp_in, bi = _fc_quantization(graph, op, x, w, y, oc)
-    func = fully_connected_func(batches, k, oc, xzp_in, wzp, bi, rq)
-    return _lowered(op, y, rq, func, "fully_connected")
-
-
-# --- LoRA slots --------------------------------------------------------------------------------------
-
-SLOT_SCALE_ONE = 1 << 16  # the user's adapter scale 1.0 (Q16)
-SLOT_SCALE_MAX = 16 << 16  # |scale| <= 16.0, which bounds the int64 products below
-_SLOT_U_LIMIT = 2**42  # |u| * SLOT_SCALE_MAX and |v| * 2^15 stay below 2^62
-_SLOT_MAX_SHIFT = 62
-
-
-def _round_away(v: np.ndarray) -> np.ndarray:
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
-
-
-def slot_tables(graph: Graph, op: Op, w_scales: np.ndarray, factors: list, rank: int, k: int, oc: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int8 A [S, R, K] (per-tensor scale 1/127 after folding each row's max into B), int8 B [S, OC, R]
-    (per output channel) and int32 (multiplier, shift) [S, OC, 2] with multiplier / 2^shift = s_A * s_B[c] /
-    s_w[c] (the branch's scale in units of the base accumulator). `factors[s]`: float (A [r, K],
-    B [OC, r]) with ΔW = B @ A in the IR layout, or None when slot s does not adapt this layer."""
-    n = len(factors)
-    a_q = np.zeros((n, rank, k), np.int8)
-    b_q = np.zeros((n, oc, rank), np.int8)
-    mult = np.zeros((n, oc, 2), np.int32)
-    mult[:, :, 1] = 1
-    sw = np.broadcast_to(np.asarray(w_scales, np.float64), (oc,))
-    for s, f in enumerate(factors):
-        if f is None:
-            continue
-        a, b = np.asarray(f[0], np.float64), np.asarray(f[1], np.float64)
-        r = a.shape[0]
-        rowmax = np.abs(a).max(1)
-        rowmax[rowmax == 0] = 1.0
-        a, b = a / rowmax[:, None], b * rowmax[None, :]  # fold A's per-row scale into B
-        aq = np.clip(_round_away(a * 127.0), -127, 127)
-        sb = np.abs(b).max(1) / 127.0
-        bq = np.clip(_round_away(b / np.where(sb > 0, sb, 1.0)[:, None]), -127, 127)
-        a_q[s, :r], b_q[s, :, :r] = aq, bq
-        umax = (np.abs(bq) @ (255.0 * np.abs(aq).sum(1))).max(initial=0.0)
-        if umax >= _SLOT_U_LIMIT:
-            raise _fail(graph, op, f"adapter slot {s}: the LoRA branch can reach {umax:.3g} (int64 overflow risk)",
-                        "|B t| < 2^42")
-        for c in range(oc):
-            real = (1.0 / 127.0) * sb[c] / sw[c]
-            if real == 0:
-                continue
-            frac, exp = np.frexp(real)
-            m = int(np.floor(float(frac) * 2**15 + 0.5))
-            if m == 2**15:
-                m, exp = 2**14, exp + 1
-            shift = 15 - int(exp)
-            if shift < 1:
-                raise _fail(graph, op, f"adapter slot {s}: the LoRA branch of channel {c} is {real:.3g} times the "
-                                       "base weights' quantization step (the adapter dwarfs the base layer)",
-                            "adapters smaller than 2^14 base weight steps")
-            if shift > _SLOT_MAX_SHIFT:
-                continue  # contributes less than 2^-47 accumulator units
-            mult[s, c] = (m, shift)
-    return a_q, b_q, mult
-
-
-def lower_fully_connected_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
-    """FULLY_CONNECTED with LoRA adapter slots (`factors`: per slot (A, B) floats or None). Extra kernel
-    args: the slot tables (adapters.c, flash), the per-slot active scales (Q16, RAM) and int32 scratch for t.
-    With no slot active the result equals lower_fully_connected's bit for bit."""
-    x, w, y = _check_tensors(graph, op, 2)
-    oc, k = w.shape
-    if k < 1 or x.size % k or y.size != x.size // k * oc or (y.shape and y.shape[-1] != oc):
-        raise _fail(graph, op, f"input shape {list(x.shape)}, weights {list(w.shape)}, output {list(y.shape)}",
-                    "input size a multiple of the weights' columns, output (..., output channels)")
-    if k * 255 * 127 > _ACC_LIMIT:
-        raise _fail(graph, op, f"{k} input features with adapter slots", "at most 66313 (int32 LoRA sums)")
-    base = lower_fully_connected(graph, op)
-    if base.kind == "fill":
-        return base  # the output is one value whatever the adapters do
-    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
-    scales, rq, wzp, xzp_in, bi = _fc_quantization(graph, op, x, w, y, oc)
-    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
-    func = fully_connected_slots_func(x.size // k, k, oc, xzp_in, wzp, bi, rq, len(factors), rank, x.zero_point)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
-            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
-            Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="fully_connected_slots")
-
-
-def lower_conv2d_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
-    """CONV_2D (one group) with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*IC], B [OC, r]) or
-    None). Same slot tables and extra args as lower_fully_connected_slots; with no slot active every pixel runs
-    lower_conv2d's code, so the result equals it bit for bit."""
-    base = lower_conv2d(graph, op)
-    if base.kind == "fill":
-        return base  # the output is one value whatever the adapters do
-    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
-    n, h, wd, c = x.shape
-    oc, kh, kw, ic = w.shape
-    if ic != c:
-        raise _fail(graph, op, f"a grouped convolution ({c // ic} groups) with adapter slots", "groups = 1")
-    k = kh * kw * ic
-    if k * 255 * 127 > _ACC_LIMIT:
-        raise _fail(graph, op, f"{k} taps per output with adapter slots", "at most 66313 (int32 LoRA sums)")
-    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
-    a = op.attrs
-    bias = _bias(graph, op, oc)
-    scales = _weight_scales(graph, op, w, oc)
-    mult, shift = conv_multipliers(x, scales, y, oc)
-    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
-    wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
-    # The slot path sums (x - x_zp) * w over in-image taps, from the plain bias.
-    bp = bb if bb != bi or wsum is None else rq.add_section(bias if bias is not None else np.zeros(oc, np.int64))
-    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
-    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
-    func = conv2d_slots_func(n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                             a["dilation_w"], pt, pl, padded, xzp_in, x.zero_point, bi, bb, bp, rq, len(factors), rank)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
-            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
-            Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="conv2d_slots")
-
-
-def lower_depthwise_slots(graph: Graph, op: Op, factors: list) -> LoweredOp:
-    """DEPTHWISE_CONV_2D with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*C], B [OC, r]) of the
-    full-conv ΔW [OC, KH, KW, C] of PEFT's LoRA on a depthwise Conv2d, or None). Same slot tables and extra
-    args as lower_conv2d_slots; with no slot active every pixel runs lower_depthwise's code, so the result
-    equals it bit for bit."""
-    base = lower_depthwise(graph, op)
-    if base.kind == "fill":
-        return base  # the output is one value whatever the adapters do
-    x, w, y = graph.t(op.inputs[0]), graph.t(op.inputs[1]), graph.t(op.outputs[0])
-    n, h, wd, c = x.shape
-    _, kh, kw, oc = w.shape
-    dm = oc // c
-    k = kh * kw * c
-    if k * 255 * 127 > _ACC_LIMIT:
-        raise _fail(graph, op, f"{k} taps (KH * KW * input channels) per output with adapter slots",
-                    "at most 66313 (int32 LoRA sums)")
-    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
-    a = op.attrs
-    bias = _bias(graph, op, oc)
-    scales = _weight_scales(graph, op, w, oc)
-    mult, shift = conv_multipliers(x, scales, y, oc)
-    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
-    wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, bias, wsum, x.zero_point, padded)
-    # The slot path sums (x - x_zp) * w over in-image taps, from the plain bias.
-    bp = bb if bb != bi or wsum is None else rq.add_section(bias if bias is not None else np.zeros(oc, np.int64))
-    rank = max([f[0].shape[0] for f in factors if f is not None] + [1])
-    a_q, b_q, m = slot_tables(graph, op, np.asarray(scales, np.float64), factors, rank, k, oc)
-    func = depthwise_slots_func(n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
-                                a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb, bp, rq,
-                                len(factors), rank)
-    args = [Arg.input(op.inputs[0]), Arg.input(op.inputs[1]), Arg.const(rq.table()), Arg.adapter_table(a_q),
-            Arg.adapter_table(b_q), Arg.adapter_table(m), Arg.adapter_state(), Arg.scratch(4 * len(factors) * rank),
-            Arg.output(op.outputs[0])]
-    return LoweredOp(op, func, args, kind="depthwise_slots")
+    rq, _, params = fc_setup(graph, op)
+    return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq), "fully_connected")
 
 
 LOWERINGS = {
