@@ -113,3 +113,71 @@ def test_adapter_map_required_and_checked(kws, tmp_path: Path) -> None:
         build_model(kws["model"], "host", tmp_path / "o2", adapters=[("a", kws["work"] / "a")],
                     adapter_mode="slots", adapter_map=bad)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_slot_banks_are_page_aligned_in_their_own_section(kws) -> None:
+    """The firmware's .edgec_adapters section holds every slot's bank at page-aligned flash addresses."""
+    import subprocess
+
+    from edgec.toolchain.runner import build_firmware
+
+    target = load_target("cortex-m4")
+    try:
+        ensure_tools(target)
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    report = kws["built"].report
+    elf = build_firmware(kws["work"] / "slots", target, kws["work"] / "elf")
+    sections = subprocess.run(["arm-none-eabi-objdump", "-h", str(elf)], capture_output=True, text=True,
+                              check=True).stdout.split("\n")
+    row = next(line.split() for line in sections if " .edgec_adapters " in line)
+    size, address = int(row[2], 16), int(row[3], 16)
+    page = report["adapter_page_bytes"]
+    assert address % page == 0 and report["adapter_bank_bytes"] % page == 0
+    assert size == report["adapter_slots"] * report["adapter_bank_bytes"]
+    assert report["adapter_layout_bytes"] <= report["adapter_bank_bytes"] < report["adapter_layout_bytes"] + page
+    assert address < 0x20000000  # flash, not RAM
+
+
+def test_verify_cli_int8_base_qemu(kws) -> None:
+    from click.testing import CliRunner
+
+    from edgec.cli.main import main
+
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    w = kws["work"]
+    res = CliRunner().invoke(main, ["verify", str(kws["model"]), "-t", "cortex-m4", "--adapter", f"a={w / 'a'}",
+                                    "--adapter", f"b={w / 'b'}", "--adapter-map", str(w / "map.json"),
+                                    "--activate", "a", "--activate", "b:0.5", "--on", "qemu", "--inputs", "6",
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output.strip().splitlines()[-1])
+    assert result["bitexact_host_vs_target"] is True and result["passed"] is True
+    assert result["active_adapters"] == {"a": 1.0, "b": 0.5}
+    assert "TFLite Micro" in result["reference"] and result["sqnr_db"] is not None
+
+
+def test_bench_adapter_costs(tmp_path: Path) -> None:
+    """edgec bench's adapter columns on the smallest MLPerf model: fuse mode runs the base's kernels, a slot
+    costs whole flash pages, an active slot costs instructions."""
+    from edgec.cli.bench import adapter_costs
+    from edgec.cli.verify import random_input_sets_for_model
+    from edgec.pipeline import build
+
+    model = shared_model("tflite/ad01_int8.tflite")
+    try:
+        ensure_tools(load_target("cortex-m4"))
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    inputs = random_input_sets_for_model(model.read_bytes(), 1, seed=0)
+    report = build(model, "cortex-m4", tmp_path / "base")
+    base = run_project(tmp_path / "base", report, inputs, "qemu", tmp_path / "run")[1]
+    costs = adapter_costs(model, "cortex-m4", tmp_path, inputs, base, progress=lambda m: None)
+    assert costs["adapted_layers"] == sum(op["type"] == "FULLY_CONNECTED" for op in report["ops"])
+    assert abs(costs["fuse_instructions"] - base["instructions_per_inference"]) < 0.01 * costs["fuse_instructions"]
+    assert costs["slot_bank_bytes"] % 4096 == 0 and costs["slot_bank_bytes"] >= costs["slot_table_bytes"] > 0
+    assert costs["slots_extra_flash_bytes"] > costs["slot_bank_bytes"]
+    assert costs["slots_active_extra_instructions"] > costs["slots_idle_extra_instructions"] >= 0
