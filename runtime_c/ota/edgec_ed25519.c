@@ -1,0 +1,375 @@
+/*
+ * edgec_ed25519.c - Ed25519 signature verification (RFC 8032 5.1.7). See edgec_ed25519.h.
+ *
+ * Field GF(p), p = 2^255 - 19: an element is 8 little-endian 32-bit words holding any integer
+ * below 2^256 that is congruent to the value (not necessarily reduced). Products are schoolbook
+ * 32x32->64-bit multiply-accumulates (UMULL/UMAAL on Cortex-M4); 2^256 = 38 (mod p) folds the high
+ * half. Only fe_tobytes reduces fully (for encodings and comparisons).
+ *
+ * Curve: -x^2 + y^2 = 1 + d x^2 y^2, points in extended coordinates (X:Y:Z:T), x = X/Z, y = Y/Z,
+ * xy = T/Z (Hisil, Wong, Carter, Dawson 2008: "dbl-2008-hwcd" and "add-2008-hwcd-3", complete for
+ * this curve, so doubling and adding the neutral element or a point to itself need no special case).
+ *
+ * Verification computes [S]B - [k]A with one joint double-and-add over the width-4 NAFs of S and k
+ * (Straus/Shamir): 253 doublings and about 2 x 51 additions of precomputed odd multiples
+ * {1,3,5,7}B and {1,3,5,7}A. Everything is variable time: all inputs are public.
+ */
+#include "edgec_ed25519.h"
+
+#include <string.h>
+
+#include "edgec_sha512.h"
+
+typedef uint32_t fe[8];
+
+/* d = -121665/121666 mod p */
+static const fe fe_d = {0x135978a3u, 0x75eb4dcau, 0x4141d8abu, 0x00700a4du,
+                        0x7779e898u, 0x8cc74079u, 0x2b6ffe73u, 0x52036ceeu};
+/* sqrt(-1) = 2^((p-1)/4) mod p */
+static const fe fe_sqrtm1 = {0x4a0ea0b0u, 0xc4ee1b27u, 0xad2fe478u, 0x2f431806u,
+                             0x3dfbd7a7u, 0x2b4d0099u, 0x4fc1df0bu, 0x2b832480u};
+/* Base point B (RFC 8032 5.1): y = 4/5, x positive (even). */
+static const fe base_x = {0x8f25d51au, 0xc9562d60u, 0x9525a7b2u, 0x692cc760u,
+                          0xfdd6dc5cu, 0xc0a4e231u, 0xcd6e53feu, 0x216936d3u};
+static const fe base_y = {0x66666658u, 0x66666666u, 0x66666666u, 0x66666666u,
+                          0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u};
+static const fe fe_one = {1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+/* Group order L = 2^252 + 27742317777372353535851937790883648493 */
+static const uint32_t order[8] = {0x5cf5d3edu, 0x5812631au, 0xa2f79cd6u, 0x14def9deu, 0u, 0u, 0u, 0x10000000u};
+
+static uint32_t load_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void store_le32(uint8_t *p, uint32_t x)
+{
+    p[0] = (uint8_t)x;
+    p[1] = (uint8_t)(x >> 8);
+    p[2] = (uint8_t)(x >> 16);
+    p[3] = (uint8_t)(x >> 24);
+}
+
+/* ---------------------------------------------------------------- field arithmetic mod p */
+
+/* r += x (x < 2^32) as a 256-bit integer; returns the carry out of bit 255 (0 or 1). */
+static uint32_t add_small(fe r, uint32_t x)
+{
+    uint64_t u = x;
+    unsigned i;
+    for (i = 0; i < 8 && u != 0; i++) {
+        u += r[i];
+        r[i] = (uint32_t)u;
+        u >>= 32;
+    }
+    return (uint32_t)u;
+}
+
+/* r += c * 2^256 (mod p), using 2^256 = 38 (mod p); c < 2^26. */
+static void fe_carry(fe r, uint32_t c)
+{
+    /* If r + 38c overflows, the wrapped sum is below 38c, so the second round cannot overflow. */
+    while (c != 0) {
+        c = add_small(r, 38 * c);
+    }
+}
+
+static void fe_add(fe r, const fe a, const fe b)
+{
+    uint64_t u = 0;
+    unsigned i;
+    for (i = 0; i < 8; i++) {
+        u += (uint64_t)a[i] + b[i];
+        r[i] = (uint32_t)u;
+        u >>= 32;
+    }
+    fe_carry(r, (uint32_t)u);
+}
+
+/* r = a - b + 8p. 8p = 2^258 - 152 is spread over the words so that no word goes negative:
+ * (2^33 - 152) + sum_{i=1..7} (2^33 - 2) 2^(32i) + 2 * 2^256. */
+static void fe_sub(fe r, const fe a, const fe b)
+{
+    uint64_t u = 0;
+    unsigned i;
+    for (i = 0; i < 8; i++) {
+        u += (uint64_t)a[i] + (i == 0 ? 0x1ffffff68u : 0x1fffffffeu) - b[i];
+        r[i] = (uint32_t)u;
+        u >>= 32;
+    }
+    fe_carry(r, (uint32_t)u + 2);
+}
+
+static void fe_mul(fe r, const fe a, const fe b)
+{
+    uint32_t t[16];
+    uint64_t u;
+    unsigned i, j;
+
+    memset(t, 0, sizeof t);
+    for (i = 0; i < 8; i++) {
+        u = 0;
+        for (j = 0; j < 8; j++) {
+            /* at most (2^32-1)^2 + 2 (2^32-1) = 2^64 - 1: no overflow */
+            u += (uint64_t)a[i] * b[j] + t[i + j];
+            t[i + j] = (uint32_t)u;
+            u >>= 32;
+        }
+        t[i + 8] = (uint32_t)u;
+    }
+    u = 0;
+    for (i = 0; i < 8; i++) {
+        u += (uint64_t)t[i + 8] * 38 + t[i];
+        r[i] = (uint32_t)u;
+        u >>= 32;
+    }
+    fe_carry(r, (uint32_t)u);
+}
+
+/* Squaring: the 28 off-diagonal products once, doubled, plus the 8 squares. */
+static void fe_sq(fe r, const fe a)
+{
+    uint32_t t[16];
+    uint64_t u;
+    unsigned i, j;
+
+    memset(t, 0, sizeof t);
+    for (i = 0; i < 7; i++) {
+        u = 0;
+        for (j = i + 1; j < 8; j++) {
+            u += (uint64_t)a[i] * a[j] + t[i + j];
+            t[i + j] = (uint32_t)u;
+            u >>= 32;
+        }
+        t[i + 8] = (uint32_t)u;
+    }
+    u = 0;
+    for (i = 0; i < 8; i++) {
+        uint64_t sq = (uint64_t)a[i] * a[i];
+        /* (2 t + sq) per word pair, carried in u; t[2i+1] < 2^32 so 2t + sq + carry fits in 64 bits */
+        u += ((uint64_t)t[2 * i] << 1) + (uint32_t)sq;
+        t[2 * i] = (uint32_t)u;
+        u >>= 32;
+        u += ((uint64_t)t[2 * i + 1] << 1) + (sq >> 32);
+        t[2 * i + 1] = (uint32_t)u;
+        u >>= 32;
+    }
+    u = 0;
+    for (i = 0; i < 8; i++) {
+        u += (uint64_t)t[i + 8] * 38 + t[i];
+        r[i] = (uint32_t)u;
+        u >>= 32;
+    }
+    fe_carry(r, (uint32_t)u);
+}
+
+/* r = a^(2^n) * b */
+static void fe_sqn_mul(fe r, const fe a, unsigned n, const fe b)
+{
+    fe t;
+    memcpy(t, a, sizeof t);
+    while (n-- != 0) {
+        fe_sq(t, t);
+    }
+    fe_mul(r, t, b);
+}
+
+/* r = z^(p-2) = 1/z if invert, else r = z^((p-5)/8) = z^(2^252-3) (for square roots).
+ * Both exponents are (2^250 - 1) * 2^k + small; 254 squarings and 11 multiplications. */
+static void fe_pow(fe r, const fe z, int invert)
+{
+    fe z11, a, b, c;
+
+    fe_sq(a, z);                /* z^2 */
+    fe_sqn_mul(b, a, 2, z);     /* z^9 */
+    fe_mul(z11, b, a);          /* z^11 */
+    fe_sqn_mul(a, z11, 1, b);   /* z^31 = z^(2^5 - 1) */
+    fe_sqn_mul(b, a, 5, a);     /* z^(2^10 - 1) */
+    fe_sqn_mul(c, b, 10, b);    /* z^(2^20 - 1) */
+    fe_sqn_mul(c, c, 20, c);    /* z^(2^40 - 1) */
+    fe_sqn_mul(b, c, 10, b);    /* z^(2^50 - 1) */
+    fe_sqn_mul(c, b, 50, b);    /* z^(2^100 - 1) */
+    fe_sqn_mul(c, c, 100, c);   /* z^(2^200 - 1) */
+    fe_sqn_mul(c, c, 50, b);    /* z^(2^250 - 1) */
+    if (invert) {
+        fe_sqn_mul(r, c, 5, z11); /* z^(2^255 - 21) */
+    } else {
+        fe_sqn_mul(r, c, 2, z);   /* z^(2^252 - 3) */
+    }
+}
+
+/* Canonical 32-byte little-endian encoding of a mod p (bit 255 clear). */
+static void fe_tobytes(uint8_t s[32], const fe a)
+{
+    fe t, w;
+    unsigned i;
+
+    memcpy(t, a, sizeof t);
+    /* a < 2^256: fold bit 255 (2^255 = 19), leaving t < 2^255 + 19 < 2p */
+    i = t[7] >> 31;
+    t[7] &= 0x7fffffffu;
+    (void)add_small(t, 19 * i);
+    /* t >= p  <=>  t + 19 >= 2^255; then t - p = t + 19 - 2^255 */
+    memcpy(w, t, sizeof w);
+    (void)add_small(w, 19);
+    if (w[7] >> 31) {
+        w[7] &= 0x7fffffffu;
+        memcpy(t, w, sizeof t);
+    }
+    for (i = 0; i < 8; i++) {
+        store_le32(s + 4 * i, t[i]);
+    }
+}
+
+static int fe_equal(const fe a, const fe b)
+{
+    uint8_t sa[32], sb[32];
+    fe_tobytes(sa, a);
+    fe_tobytes(sb, b);
+    return memcmp(sa, sb, 32) == 0;
+}
+
+static int fe_is_odd(const fe a)
+{
+    uint8_t s[32];
+    fe_tobytes(s, a);
+    return s[0] & 1;
+}
+
+/* ---------------------------------------------------------------- group arithmetic */
+
+typedef struct {
+    fe x, y, z, t;
+} ge; /* extended coordinates */
+
+typedef struct {
+    fe ypx, ymx, z, t2d;
+} ge_cached; /* Y+X, Y-X, Z, 2dT: the second operand of an addition */
+
+/* (E F : G H : F G : E H), shared tail of addition and doubling */
+static void ge_finish(ge *r, const fe e, const fe f, const fe g, const fe h)
+{
+    fe_mul(r->x, e, f);
+    fe_mul(r->y, g, h);
+    fe_mul(r->z, f, g);
+    fe_mul(r->t, e, h);
+}
+
+/* r = 2p (dbl-2008-hwcd, a = -1). F and H are negated, which negates all four outputs: same point. */
+static void ge_dbl(ge *r, const ge *p)
+{
+    fe a, b, c, e, g;
+
+    fe_sq(a, p->x);             /* A = X^2 */
+    fe_sq(b, p->y);             /* B = Y^2 */
+    fe_sq(c, p->z);
+    fe_add(c, c, c);            /* C = 2 Z^2 */
+    fe_add(e, p->x, p->y);
+    fe_sq(e, e);                /* (X+Y)^2 */
+    fe_sub(g, b, a);            /* G = B - A */
+    fe_add(a, a, b);            /* -H = A + B */
+    fe_sub(e, e, a);            /* E = (X+Y)^2 - A - B */
+    fe_sub(c, c, g);            /* -F = C - G */
+    ge_finish(r, e, c, g, a);
+}
+
+/* r = p + q, or p - q if negate (add-2008-hwcd-3, a = -1, k = 2d); r may be p. */
+static void ge_add(ge *r, const ge *p, const ge_cached *q, int negate)
+{
+    fe a, b, c, d, e;
+
+    /* -q = (-X, Y, Z, -T): swaps Y+X with Y-X and negates 2dT */
+    fe_sub(a, p->y, p->x);
+    fe_mul(a, a, negate ? q->ypx : q->ymx);    /* A = (Y1-X1)(Y2-X2) */
+    fe_add(b, p->y, p->x);
+    fe_mul(b, b, negate ? q->ymx : q->ypx);    /* B = (Y1+X1)(Y2+X2) */
+    fe_mul(c, p->t, q->t2d);                   /* C = T1 2d T2 */
+    fe_mul(d, p->z, q->z);
+    fe_add(d, d, d);                           /* D = 2 Z1 Z2 */
+    fe_sub(e, b, a);                           /* E = B - A */
+    fe_add(b, b, a);                           /* H = B + A */
+    fe_add(a, d, c);                           /* D + C */
+    fe_sub(d, d, c);                           /* D - C */
+    /* F = D - C, G = D + C; for -q, C changes sign */
+    if (negate) {
+        ge_finish(r, e, a, d, b);
+    } else {
+        ge_finish(r, e, d, a, b);
+    }
+}
+
+static void ge_cache(ge_cached *r, const ge *p)
+{
+    fe_add(r->ypx, p->y, p->x);
+    fe_sub(r->ymx, p->y, p->x);
+    memcpy(r->z, p->z, sizeof r->z);
+    fe_mul(r->t2d, p->t, fe_d);
+    fe_add(r->t2d, r->t2d, r->t2d);
+}
+
+/* table[j] = (2j+1) p for j = 0..3 */
+static void ge_odd_multiples(ge_cached table[4], const ge *p)
+{
+    ge q;
+    ge_cached p2;
+    unsigned j;
+
+    ge_dbl(&q, p);
+    ge_cache(&p2, &q);
+    memcpy(&q, p, sizeof q);
+    ge_cache(&table[0], &q);
+    for (j = 1; j < 4; j++) {
+        ge_add(&q, &q, &p2, 0);
+        ge_cache(&table[j], &q);
+    }
+}
+
+/* RFC 8032 5.1.3 decoding. Returns 0 if y >= p, if x^2 = (y^2 - 1)/(d y^2 + 1) has no root, or for
+ * x = 0 with the sign bit set. */
+static int ge_frombytes(ge *r, const uint8_t s[32])
+{
+    uint8_t check[32];
+    fe u, v, v3, x;
+    unsigned i;
+
+    for (i = 0; i < 8; i++) {
+        r->y[i] = load_le32(s + 4 * i);
+    }
+    r->y[7] &= 0x7fffffffu;
+    /* y < p exactly when its canonical encoding is the input (sign bit aside) */
+    fe_tobytes(check, r->y);
+    check[31] |= s[31] & 0x80u;
+    if (memcmp(check, s, 32) != 0) {
+        return 0;
+    }
+    fe_sq(u, r->y);
+    fe_mul(v, u, fe_d);
+    fe_sub(u, u, fe_one);                      /* u = y^2 - 1 */
+    fe_add(v, v, fe_one);                      /* v = d y^2 + 1 */
+    /* candidate root x = u v^3 (u v^7)^((p-5)/8) */
+    fe_sq(v3, v);
+    fe_mul(v3, v3, v);                         /* v^3 */
+    fe_sq(x, v3);
+    fe_mul(x, x, v);
+    fe_mul(x, x, u);                           /* u v^7 */
+    fe_pow(x, x, 0);
+    fe_mul(x, x, v3);
+    fe_mul(x, x, u);
+    fe_sq(v3, x);
+    fe_mul(v3, v3, v);                         /* v x^2 */
+    if (!fe_equal(v3, u)) {
+        fe_add(v3, v3, u);
+        fe_sub(u, u, u);                       /* zero */
+        if (!fe_equal(v3, u)) {
+            return 0;                          /* v x^2 = -u needs x sqrt(-1); neither: no root */
+        }
+        fe_mul(x, x, fe_sqrtm1);
+    }
+    i = s[31] >> 7;                            /* sign of x */
+    if ((unsigned)fe_is_odd(x) != i) {
+        fe_sub(x, fe_one, fe_one);
+        if (i != 0 && fe_is_odd(x) == 0) {
+        }
+    }
+    return 1;
+}
