@@ -200,6 +200,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         "edgec_report_version": 1,
         "model": Path(model_path).name,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "model_path": str(Path(model_path).resolve()),
+        "input_layout": input_layout,
         "target": target["name"],
         "precision": "float32" if is_float_graph(graph) else "int8",
         "arena_bytes": mem.arena_bytes,

@@ -328,3 +328,97 @@ def bench_cmd(target: str, models_dir: Path | None, out_file: Path, adapters: bo
     else:
         click.echo(format_table(result))
         click.echo(f"wrote {out_file}")
+
+
+@main.command("keygen")
+@click.option("-o", "--output", "key_path", type=click.Path(path_type=Path), required=True,
+              help="Private key file (PEM, mode 0600); the public key goes to OUTPUT.pub.")
+@click.option("--json", "as_json", is_flag=True)
+def keygen_cmd(key_path: Path, as_json: bool) -> None:
+    """Make an Ed25519 key pair for signing adapter patches."""
+    from edgec.ota.format import key_id
+    from edgec.ota.keys import generate_keypair, load_public_raw
+
+    private, public = generate_keypair(key_path)
+    result = {"private_key": str(private), "public_key": str(public), "key_id": key_id(load_public_raw(public)).hex()}
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"wrote {private} (keep it secret) and {public}; key id {result['key_id']}")
+
+
+@main.group("patch")
+def patch_group() -> None:
+    """Signed OTA adapter patches (docs/ota-format.md)."""
+
+
+@patch_group.command("create")
+@click.option("--build", "build_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The output folder of `edgec build` (slots mode) the patch is for.")
+@click.option("--adapter", "adapter_spec", required=True, help="NAME=PEFT_DIR: the adapter to ship.")
+@click.option("--version", "version", required=True, help="Semantic version MAJOR.MINOR.PATCH.")
+@click.option("--counter", type=int, required=True, help="Security counter: must exceed the device's.")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--slot", type=int, default=None, help="Slot to replace (default: the slot of the same name, "
+                                                     "else the first empty one).")
+@click.option("--model", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The base model file (default: the path recorded in the build report).")
+@click.option("--adapter-map", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("-o", "--output", "out_file", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def patch_create_cmd(build_dir: Path, adapter_spec: str, version: str, counter: int, key_path: Path,
+                     slot: int | None, model: Path | None, adapter_map: Path | None, out_file: Path,
+                     as_json: bool) -> None:
+    """Make a signed patch that puts adapter NAME into a slot of a built firmware."""
+    from edgec.frontends.peft_reader import parse_adapter_spec
+    from edgec.ota.format import decode_patch
+    from edgec.ota.patch import create_patch, describe
+
+    name, directory = parse_adapter_spec(adapter_spec)
+    data = create_patch(build_dir, name, directory, version, counter, key_path, model, adapter_map, slot)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out_file)
+    result = describe(decode_patch(data, str(out_file)))
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"wrote {out_file}: adapter {result['adapter']} {result['version']} for slot {result['slot']}, "
+                   f"counter {result['security_counter']}, {result['bytes']:,} bytes")
+
+
+@patch_group.command("inspect")
+@click.argument("patch_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def patch_inspect_cmd(patch_file: Path, as_json: bool) -> None:
+    """Show a patch's header (checks its structure and digest, not its signature)."""
+    from edgec.ota.format import decode_patch
+    from edgec.ota.patch import describe
+
+    result = describe(decode_patch(patch_file.read_bytes(), str(patch_file)))
+    if as_json:
+        _emit_json(result)
+    else:
+        for k, v in result.items():
+            click.echo(f"{k + ':':<18} {v}")
+
+
+@patch_group.command("verify")
+@click.argument("patch_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--pub", "pub_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--build", "build_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also check that the patch fits this build (base model, slot layout, slot).")
+@click.option("--json", "as_json", is_flag=True)
+def patch_verify_cmd(patch_file: Path, pub_path: Path, build_dir: Path | None, as_json: bool) -> None:
+    """Check a patch's structure, digest, signature and (with --build) that it fits the build."""
+    from edgec.ota.keys import load_public_raw
+    from edgec.ota.patch import load_report, verify_patch
+
+    report = load_report(build_dir) if build_dir is not None else None
+    result = verify_patch(patch_file.read_bytes(), load_public_raw(pub_path), report, str(patch_file))
+    result["valid"] = True
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"{patch_file}: valid: adapter {result['adapter']} {result['version']}, slot {result['slot']}, "
+                   f"counter {result['security_counter']}")

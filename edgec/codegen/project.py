@@ -73,8 +73,13 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
     report["weights_bytes"] = weights_bytes
     slots = _slot_context(slot_plan, model.adapter_banks, target)
     if slots:
+        from edgec.ota.format import layout_sha256
+
+        layout = model.adapter_banks.layout if model.adapter_banks is not None else []
         report.update(adapter_slots=slots["count"], adapter_layout_bytes=slots["layout_bytes"],
-                      adapter_bank_bytes=slots["bank_bytes"], adapter_page_bytes=slots["page_bytes"])
+                      adapter_bank_bytes=slots["bank_bytes"], adapter_page_bytes=slots["page_bytes"],
+                      adapter_layout_sha256=layout_sha256(layout, slots["layout_bytes"]).hex(),
+                      adapter_layout=layout)
 
     def sizes(tids):
         return [graph.t(t).nbytes for t in tids]

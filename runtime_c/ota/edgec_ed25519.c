@@ -34,6 +34,7 @@ static const fe base_x = {0x8f25d51au, 0xc9562d60u, 0x9525a7b2u, 0x692cc760u,
 static const fe base_y = {0x66666658u, 0x66666666u, 0x66666666u, 0x66666666u,
                           0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u};
 static const fe fe_one = {1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+static const fe fe_zero = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 /* Group order L = 2^252 + 27742317777372353535851937790883648493 */
 static const uint32_t order[8] = {0x5cf5d3edu, 0x5812631au, 0xa2f79cd6u, 0x14def9deu, 0u, 0u, 0u, 0x10000000u};
 
@@ -229,13 +230,6 @@ static int fe_equal(const fe a, const fe b)
     return memcmp(sa, sb, 32) == 0;
 }
 
-static int fe_is_odd(const fe a)
-{
-    uint8_t s[32];
-    fe_tobytes(s, a);
-    return s[0] & 1;
-}
-
 /* ---------------------------------------------------------------- group arithmetic */
 
 typedef struct {
@@ -359,17 +353,173 @@ static int ge_frombytes(ge *r, const uint8_t s[32])
     fe_mul(v3, v3, v);                         /* v x^2 */
     if (!fe_equal(v3, u)) {
         fe_add(v3, v3, u);
-        fe_sub(u, u, u);                       /* zero */
-        if (!fe_equal(v3, u)) {
-            return 0;                          /* v x^2 = -u needs x sqrt(-1); neither: no root */
+        if (!fe_equal(v3, fe_zero)) {
+            return 0;                          /* v x^2 is neither u nor -u: no square root */
         }
-        fe_mul(x, x, fe_sqrtm1);
+        fe_mul(x, x, fe_sqrtm1);               /* v x^2 = -u: x sqrt(-1) is the root */
     }
-    i = s[31] >> 7;                            /* sign of x */
-    if ((unsigned)fe_is_odd(x) != i) {
-        fe_sub(x, fe_one, fe_one);
-        if (i != 0 && fe_is_odd(x) == 0) {
+    fe_tobytes(check, x);
+    if ((check[0] & 1u) != (s[31] >> 7)) {     /* parity of x differs from the sign bit */
+        for (i = 0; i < 32 && check[i] == 0; i++) {
         }
+        if (i == 32) {
+            return 0;                          /* x = 0 cannot have the sign bit set */
+        }
+        fe_sub(x, fe_zero, x);
     }
+    memcpy(r->x, x, sizeof r->x);
+    memcpy(r->z, fe_one, sizeof r->z);
+    fe_mul(r->t, x, r->y);
     return 1;
+}
+
+static void ge_tobytes(uint8_t s[32], const ge *p)
+{
+    fe zi, x, y;
+    uint8_t sx[32];
+
+    fe_pow(zi, p->z, 1);
+    fe_mul(x, p->x, zi);
+    fe_mul(y, p->y, zi);
+    fe_tobytes(s, y);
+    fe_tobytes(sx, x);
+    s[31] |= (uint8_t)((sx[0] & 1u) << 7);
+}
+
+/* ---------------------------------------------------------------- scalars mod L */
+
+/* s < L (RFC 8032 5.1.7 step 1: reject non-canonical S) */
+static int sc_is_canonical(const uint8_t s[32])
+{
+    int i;
+    for (i = 7; i >= 0; i--) {
+        uint32_t w = load_le32(s + 4 * i);
+        if (w != order[i]) {
+            return w < order[i];
+        }
+    }
+    return 0;
+}
+
+/* out = h mod L for a 64-byte little-endian h, one byte at a time from the top:
+ * r = 256 r + byte < 2^261; with q = r >> 252 and c = L - 2^252 (< 2^125),
+ * r - q L = (r mod 2^252) - q c lies in (-L, 2^252), so at most one L is added back. */
+static void sc_reduce(uint8_t out[32], const uint8_t h[64])
+{
+    uint32_t r[9];
+    int n;
+    unsigned i;
+
+    memset(r, 0, sizeof r);
+    for (n = 63; n >= 0; n--) {
+        uint32_t q;
+        uint64_t borrow = 0;
+        for (i = 8; i > 0; i--) {
+            r[i] = (r[i] << 8) | (r[i - 1] >> 24);
+        }
+        r[0] = (r[0] << 8) | h[n];
+        q = (r[8] << 4) | (r[7] >> 28);
+        r[7] &= 0x0fffffffu;
+        r[8] = 0;
+        for (i = 0; i < 8; i++) {
+            uint64_t t = (i < 4 ? (uint64_t)q * order[i] : 0) + borrow;
+            uint64_t u = (uint64_t)r[i] - (uint32_t)t;
+            r[i] = (uint32_t)u;
+            borrow = (t >> 32) + (u >> 63);
+        }
+        if (borrow != 0) {
+            uint64_t u = 0;
+            for (i = 0; i < 8; i++) {
+                u += (uint64_t)r[i] + order[i];
+                r[i] = (uint32_t)u;
+                u >>= 32;
+            }
+        }
+    }
+    for (i = 0; i < 8; i++) {
+        store_le32(out + 4 * i, r[i]);
+    }
+}
+
+/* Width-4 NAF of a scalar below 2^253: s = sum naf[i] 2^i, digits 0 or odd in [-7, 7], and any
+ * nonzero digit is followed by at least three zeros. */
+static void sc_naf(int8_t naf[256], const uint8_t s[32])
+{
+    unsigned i = 0, carry = 0;
+
+    memset(naf, 0, 256);
+    while (i < 256) {
+        unsigned v = s[i >> 3] >> (i & 7);
+        if (((v & 1u) ^ carry) == 0) {
+            i++;                               /* bit + carry even: digit 0, carry unchanged */
+            continue;
+        }
+        if ((i >> 3) < 31) {
+            v |= (unsigned)s[(i >> 3) + 1] << (8 - (i & 7));
+        }
+        v = (v & 15u) + carry;                 /* odd, 1..15 */
+        carry = v > 8;
+        naf[i] = (int8_t)(carry ? (int)v - 16 : (int)v);
+        i += 4;
+    }
+}
+
+/* ---------------------------------------------------------------- verification */
+
+/* k = SHA-512(R || A || M) mod L */
+static void challenge(uint8_t k[32], const uint8_t sig[64], const uint8_t pub[32], const uint8_t *msg, size_t len)
+{
+    edgec_sha512_ctx ctx;
+    uint8_t h[EDGEC_SHA512_DIGEST_BYTES];
+
+    edgec_sha512_init(&ctx);
+    edgec_sha512_update(&ctx, sig, 32);
+    edgec_sha512_update(&ctx, pub, 32);
+    edgec_sha512_update(&ctx, msg, len);
+    edgec_sha512_final(&ctx, h);
+    sc_reduce(k, h);
+}
+
+int edgec_ed25519_verify(const uint8_t sig[64], const uint8_t pub[32], const uint8_t *msg, size_t len)
+{
+    ge a, p;
+    ge_cached table_a[4], table_b[4];
+    int8_t naf_s[256], naf_k[256];
+    uint8_t k[32];
+    int i;
+
+    if (!sc_is_canonical(sig + 32) || !ge_frombytes(&a, pub)) {
+        return 0;
+    }
+    challenge(k, sig, pub, msg, len);
+    sc_naf(naf_s, sig + 32);
+    sc_naf(naf_k, k);
+
+    memcpy(p.x, base_x, sizeof p.x);
+    memcpy(p.y, base_y, sizeof p.y);
+    memcpy(p.z, fe_one, sizeof p.z);
+    fe_mul(p.t, base_x, base_y);
+    ge_odd_multiples(table_b, &p);
+    ge_odd_multiples(table_a, &a);
+
+    /* p = [S]B - [k]A, from the top nonzero digit down */
+    memset(&p, 0, sizeof p);
+    p.y[0] = 1;
+    p.z[0] = 1;
+    for (i = 255; i >= 0 && naf_s[i] == 0 && naf_k[i] == 0; i--) {
+    }
+    for (; i >= 0; i--) {
+        ge_dbl(&p, &p);
+        if (naf_s[i] != 0) {
+            ge_add(&p, &p, &table_b[(naf_s[i] < 0 ? -naf_s[i] : naf_s[i]) >> 1], naf_s[i] < 0);
+        }
+        if (naf_k[i] != 0) {
+            ge_add(&p, &p, &table_a[(naf_k[i] < 0 ? -naf_k[i] : naf_k[i]) >> 1], naf_k[i] > 0);
+        }
+    }
+
+    /* Cofactorless check [S]B = R + [k]A, compared as encodings: since a point has exactly one
+     * encoding, this also rejects an R that is non-canonical or not on the curve. */
+    ge_tobytes(k, &p);
+    return memcmp(k, sig, 32) == 0;
 }

@@ -40,6 +40,16 @@ static uint64_t rotr(uint64_t x, unsigned n)
     return (x >> n) | (x << (64u - n));
 }
 
+/* Rotation amounts of FIPS 180-4 (4.10)-(4.13): Sigma0, Sigma1, sigma0, sigma1; for the last two the
+ * third amount is a plain shift. */
+static const uint8_t rot[4][3] = {{28, 34, 39}, {14, 18, 41}, {1, 8, 7}, {19, 61, 6}};
+
+static uint64_t sigma(uint64_t x, unsigned which)
+{
+    const uint8_t *r = rot[which];
+    return rotr(x, r[0]) ^ rotr(x, r[1]) ^ (which < 2 ? rotr(x, r[2]) : x >> r[2]);
+}
+
 static uint64_t load_be64(const uint8_t *p)
 {
     uint64_t x = 0;
@@ -58,42 +68,34 @@ static void store_be64(uint8_t *p, uint64_t x)
     }
 }
 
-/* FIPS 180-4 6.4.2, with the message schedule kept in a rolling 16-word window. */
+/* FIPS 180-4 6.4.2. The message schedule is a rolling 16-word window, and instead of shifting the
+ * working variables a..h down each round, round i finds variable n (a = 0 .. h = 7) at v[(n - i) & 7]
+ * (small code; SHA-512 only hashes a block or two per signature check). */
 static void compress(uint64_t state[8], const uint8_t block[128])
 {
-    uint64_t w[16];
-    uint64_t a = state[0], b = state[1], c = state[2], d = state[3];
-    uint64_t e = state[4], f = state[5], g = state[6], h = state[7];
+    uint64_t w[16], v[8];
     unsigned i;
 
+    memcpy(v, state, sizeof v);
     for (i = 0; i < 80; i++) {
-        uint64_t t1, t2;
+        uint64_t t1, t2, a, b, c, e;
         if (i < 16) {
             w[i] = load_be64(block + 8 * i);
         } else {
-            uint64_t w15 = w[(i - 15) & 15], w2 = w[(i - 2) & 15];
-            w[i & 15] += (rotr(w2, 19) ^ rotr(w2, 61) ^ (w2 >> 6)) + w[(i - 7) & 15] +
-                         (rotr(w15, 1) ^ rotr(w15, 8) ^ (w15 >> 7));
+            w[i & 15] += sigma(w[(i - 2) & 15], 3) + w[(i - 7) & 15] + sigma(w[(i - 15) & 15], 2);
         }
-        t1 = h + (rotr(e, 14) ^ rotr(e, 18) ^ rotr(e, 41)) + ((e & f) ^ (~e & g)) + K[i] + w[i & 15];
-        t2 = (rotr(a, 28) ^ rotr(a, 34) ^ rotr(a, 39)) + ((a & b) ^ (a & c) ^ (b & c));
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = c;
-        c = b;
-        b = a;
-        a = t1 + t2;
+        a = v[-i & 7];
+        b = v[(1 - i) & 7];
+        c = v[(2 - i) & 7];
+        e = v[(4 - i) & 7];
+        t1 = v[(7 - i) & 7] + sigma(e, 1) + ((e & v[(5 - i) & 7]) ^ (~e & v[(6 - i) & 7])) + K[i] + w[i & 15];
+        t2 = sigma(a, 0) + ((a & b) ^ (a & c) ^ (b & c));
+        v[(3 - i) & 7] += t1;    /* d + t1: the next round's e */
+        v[(7 - i) & 7] = t1 + t2; /* the next round's a */
     }
-    state[0] += a;
-    state[1] += b;
-    state[2] += c;
-    state[3] += d;
-    state[4] += e;
-    state[5] += f;
-    state[6] += g;
-    state[7] += h;
+    for (i = 0; i < 8; i++) {
+        state[i] += v[i];
+    }
 }
 
 void edgec_sha512_init(edgec_sha512_ctx *ctx)

@@ -46,20 +46,23 @@ _BANK_LIMIT = 2**31 - 1  # TIR extent of the bank region (the kernels index it w
 
 
 class AdapterBanks:
-    """The byte image of every slot's bank, built layer by layer during lowering."""
+    """The byte image of every slot's bank and the bank layout, built layer by layer during lowering."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.images = [bytearray() for _ in range(slots)]
+        self.layout: list[dict] = []  # per adapted layer: where its tables are, and what the patch needs
 
     @property
     def nbytes(self) -> int:
         """Bytes used in each bank (all banks have the same layout)."""
         return len(self.images[0])
 
-    def add(self, a_q: np.ndarray, b_q: np.ndarray, mult: np.ndarray) -> tuple[int, int, int]:
-        """Append one layer's tables (first axis: slot); returns the byte offsets of A and B and the int32
-        index of (M, sh) inside every bank."""
+    def add(self, op: Op, weight: str, w_scales: np.ndarray, tables: tuple[np.ndarray, np.ndarray, np.ndarray]
+            ) -> tuple[int, int, int]:
+        """Append one layer's tables (A [S, R, K], B [S, OC, R], rescale [S, OC, 2]); returns the byte offsets
+        of A and B and the int32 index of the rescale table inside every bank."""
+        a_q, b_q, mult = tables
         a_off = self.nbytes
         b_off = a_off + a_q[0].nbytes
         m_off = -(-(b_off + b_q[0].nbytes) // 4) * 4
@@ -67,6 +70,9 @@ class AdapterBanks:
             image += a_q[s].tobytes() + b_q[s].tobytes()
             image += bytes(m_off - len(image))
             image += mult[s].astype("<i4").tobytes()
+        self.layout.append({"op_index": op.index, "op_type": op.type, "weight": weight, "k": a_q.shape[2], "oc": b_q.shape[1],
+                            "rank": a_q.shape[1], "a_offset": a_off, "b_offset": b_off, "m_offset": m_off,
+                            "weight_scales": [float(v) for v in np.broadcast_to(w_scales, (b_q.shape[1],))]})
         return a_off, b_off, m_off // 4
 
 
@@ -183,8 +189,10 @@ def _slot_args(op: Op, rq, oc: int, slots: int, rank: int) -> list[Arg]:
             Arg.output(op.outputs[0])]
 
 
-def _where(graph: Graph, op: Op) -> str:
-    return f"{graph.source}: {op.describe()}"
+def _add_tables(graph: Graph, op: Op, banks: AdapterBanks, scales, factors: list, rank: int, k: int, oc: int
+                ) -> tuple[int, int, int]:
+    tables = slot_tables(scales, factors, rank, k, oc, f"{graph.source}: {op.describe()}")
+    return banks.add(op, graph.t(op.inputs[1]).name, scales, tables)
 
 
 def _rank(factors: list) -> int:
@@ -206,7 +214,7 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: Adap
     batches, k, oc = params[:3]
     _check_taps(graph, op, k)
     rank, s = _rank(factors), len(factors)
-    a_off, b_off, m_off = banks.add(*slot_tables(scales, factors, rank, k, oc, _where(graph, op)))
+    a_off, b_off, m_off = _add_tables(graph, op, banks, scales, factors, rank, k, oc)
     row = fully_connected_func(*params, rq, row_macro=True)
 
     @T.macro
@@ -231,7 +239,7 @@ def lower_conv2d_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks)
         raise _fail(graph, op, f"a grouped convolution ({groups} groups) with adapter slots", "groups = 1")
     _check_taps(graph, op, kh * kw * c)
     rank, s = _rank(factors), len(factors)
-    a_off, b_off, m_off = banks.add(*slot_tables(scales, factors, rank, kh * kw * c, oc, _where(graph, op)))
+    a_off, b_off, m_off = _add_tables(graph, op, banks, scales, factors, rank, kh * kw * c, oc)
     func = _slots_kernel(n, oh, ow, n * h * wd * c, oc * kh * kw * c, n * oh * ow * oc, rq, s, rank, oc,
                          acc_dtype(kh * kw * c), _OC_BLOCK,
                          window_sums_func(h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, graph.t(op.inputs[0]).zero_point,
@@ -251,7 +259,7 @@ def lower_depthwise_slots(graph: Graph, op: Op, factors: list, banks: AdapterBan
     oc = c * dm
     _check_taps(graph, op, kh * kw * c)
     rank, s = _rank(factors), len(factors)
-    a_off, b_off, m_off = banks.add(*slot_tables(scales, factors, rank, kh * kw * c, oc, _where(graph, op)))
+    a_off, b_off, m_off = _add_tables(graph, op, banks, scales, factors, rank, kh * kw * c, oc)
     func = _slots_kernel(n, oh, ow, n * h * wd * c, kh * kw * oc, n * oh * ow * oc, rq, s, rank, oc,
                          acc_dtype(kh * kw), 1,
                          window_sums_func(h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, graph.t(op.inputs[0]).zero_point,
