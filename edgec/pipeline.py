@@ -163,14 +163,16 @@ def build(model_path: str | Path, target_name: str, out_dir: str | Path, **optio
 def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, precision: str = "int8",
                 calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
                 warn=print, adapters: list[tuple[str, Path]] | None = None, adapter_mode: str | None = None,
-                adapter_map: str | Path | dict | None = None, slots: int | None = None) -> BuildResult:
+                adapter_map: str | Path | dict | None = None, slots: int | None = None,
+                ota_pubkeys: list[Path] | None = None) -> BuildResult:
     """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs.
 
     With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
     float model); `adapter_mode` None takes the target's default_adapter_mode (else fuse).
     slots mode (`slots`: number of slots, default the number of adapters): `source_graph` is the float base
     without adapters, quantized as usual (or the int8 base as read); the adapted FULLY_CONNECTED, CONV_2D (groups=1)
-    and DEPTHWISE_CONV_2D layers get slot kernels."""
+    and DEPTHWISE_CONV_2D layers get slot kernels. `ota_pubkeys` (PEM public keys; slots mode): A/B banks and
+    the OTA receiver, accepting patches signed by those keys (docs/ota-format.md)."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)
@@ -179,6 +181,14 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     mode = adapter_mode_for(target, adapter_mode) if adapters else None
     if slots is not None and mode != "slots":
         raise EdgecError("--slots needs --adapter-mode slots and at least one --adapter")
+    if ota_pubkeys and mode != "slots":
+        raise EdgecError("--ota-pubkey needs adapter slots (--adapter ... --adapter-mode slots): patches replace "
+                         "slots")
+    ota_keys = None
+    if ota_pubkeys:
+        from edgec.ota.keys import load_public_raw
+
+        ota_keys = [load_public_raw(p) for p in ota_pubkeys]
     if mode == "slots":
         from edgec.passes.lora_slots import plan_slots
 
@@ -224,7 +234,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         raise EdgecError(f"{model_path}: the weights need {weights} bytes but target {target['name']} has "
                          f"{target['flash_bytes']} bytes of flash")
     report["build_seconds"] = 0.0
-    render_project(lowered, mem, Path(out_dir), model_bytes, Path(model_path).name, target, report, slot_plan=plan)
+    render_project(lowered, mem, Path(out_dir), model_bytes, Path(model_path).name, target, report, slot_plan=plan,
+                   ota_keys=ota_keys)
     report["build_seconds"] = round(time.perf_counter() - start, 3)
     return BuildResult(report, source_graph, graph, samples, plan, slot_adapters)
 

@@ -223,7 +223,7 @@ int main(void)
            edgec_adapter_active(2));
     for (int i = 0; i < EDGEC_NUM_ADAPTER_SLOTS; i++) {
         if (edgec_adapter_info(i, &info) != EDGEC_OK) return 1;
-        printf("%s %u %u %u %s\n", info.name[0] ? info.name : "-", (unsigned)info.rank, (unsigned)info.version,
+        printf("%s %u %u %u %s\n", info.name[0] ? info.name : "-", (unsigned)info.rank, (unsigned)info.version[0],
                (unsigned)(info.id != 0), info.base_sha256);
     }
     if (edgec_run() != EDGEC_OK) return 2;

@@ -95,17 +95,20 @@ def model_options(func):
 @click.option("--target", "-t", required=True, help="Target name (see `edgec targets`).")
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @model_options
+@click.option("--ota-pubkey", "ota_pubkeys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Accept OTA adapter patches signed by this Ed25519 public key (PEM; repeatable; slots mode): "
+                   "A/B banks per slot and the patch receiver.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
 def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
               precision: str, input_layout: str, adapter_specs: tuple[str, ...], adapter_mode: str | None,
-              adapter_map: Path | None, n_slots: int | None, as_json: bool) -> None:
+              adapter_map: Path | None, n_slots: int | None, ota_pubkeys: tuple[Path, ...], as_json: bool) -> None:
     """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
     report = build(model, target, out_dir, precision=precision, calibration=calibration,
                    calibration_method=calibration_method, input_layout=input_layout,
-                   warn=lambda m: click.echo(f"edgec: {m}", err=True), **_adapter_args(adapter_specs, adapter_mode,
-                                                                                    adapter_map, n_slots))
+                   warn=lambda m: click.echo(f"edgec: {m}", err=True), ota_pubkeys=list(ota_pubkeys),
+                   **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
     if as_json:
         _emit_json(report)
         return

@@ -57,9 +57,10 @@ _NP_TO_IR = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np
 
 
 def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: bytes, model_name: str,
-                   target: dict, report: dict, slot_plan=None) -> None:
+                   target: dict, report: dict, slot_plan=None, ota_keys: list[bytes] | None = None) -> None:
     """Write the C project for `model` into `out_dir` atomically. `slot_plan` (LoRA slots mode, an
-    edgec.passes.lora_slots.SlotPlan) adds src/adapters.c and src/edgec_adapters.h."""
+    edgec.passes.lora_slots.SlotPlan) adds src/adapters.c and src/edgec_adapters.h; `ota_keys` (raw Ed25519
+    public keys) adds A/B banks and the OTA receiver (runtime_c/ota, copied into runtime/)."""
     graph = model.graph
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES / "project")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -71,15 +72,20 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
     prototypes = [_prototype(model.kernels_c, name) for name in model.kernel_params]
     weights_bytes = sum(a.nbytes for a in arrays)
     report["weights_bytes"] = weights_bytes
-    slots = _slot_context(slot_plan, model.adapter_banks, target)
+    slots = _slot_context(slot_plan, model.adapter_banks, target, ota_keys)
     if slots:
         from edgec.ota.format import layout_sha256
 
         layout = model.adapter_banks.layout if model.adapter_banks is not None else []
+        layout_hash = layout_sha256(layout, slots["layout_bytes"])
+        slots.update(base_digest=_c_bytes(bytes.fromhex(common["model_hash"])), layout_digest=_c_bytes(layout_hash))
         report.update(adapter_slots=slots["count"], adapter_layout_bytes=slots["layout_bytes"],
                       adapter_bank_bytes=slots["bank_bytes"], adapter_page_bytes=slots["page_bytes"],
-                      adapter_layout_sha256=layout_sha256(layout, slots["layout_bytes"]).hex(),
-                      adapter_layout=layout)
+                      adapter_layout_sha256=layout_hash.hex(), adapter_layout=layout)
+        if slots["ota"]:
+            report["ota"] = {"key_ids": [k["hex"] for k in slots["ota"]["keys"]], "banks_per_slot": 2,
+                             "counter_pages": 2, "write_bytes": slots["ota"]["write_bytes"],
+                             "region_bytes": slots["region_bytes"]}
 
     def sizes(tids):
         return [graph.t(t).nbytes for t in tids]
@@ -107,7 +113,10 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
             continue  # the cross toolchain file is only for firmware targets
         if (TEMPLATES / "project" / name).exists():
             files[name[:-3]] = env.get_template(name).render(common, target=target, report=report)
-    write_atomically(out_dir, files, extra_dirs=_runtime_dirs(target))
+    runtime = _runtime_dirs(target)
+    if slots and slots["ota"]:
+        runtime = {"runtime": REPO_ROOT / "runtime_c" / "ota", **runtime}
+    write_atomically(out_dir, files, extra_dirs=runtime)
 
 
 def _runtime_dirs(target: dict) -> dict[str, Path]:
@@ -126,20 +135,48 @@ def _runtime_dirs(target: dict) -> dict[str, Path]:
     return dirs
 
 
-def _slot_context(slot_plan, banks, target: dict) -> dict | None:
+def _slot_context(slot_plan, banks, target: dict, ota_keys: list[bytes] | None) -> dict | None:
     """What the templates need about the adapter slots (None without slots): the slot metadata and the bank
-    images, each padded to a whole number of flash pages (the target's `flash_page_bytes`)."""
+    region, each bank padded to whole flash pages (the target's `flash_page_bytes`). With OTA (`ota_keys`:
+    raw Ed25519 public keys) each slot has two banks with metadata and the region ends with two counter
+    pages (docs/ota-format.md); flash that holds nothing is erased (0xFF)."""
     if slot_plan is None:
         return None
+    from edgec.ota import format as fmt
+
     infos = [{"name": a.name, "id": a.id, "version": a.version, "rank": a.rank} for a in slot_plan.adapters]
     infos += [{"name": "", "id": 0, "version": 0, "rank": 0}] * (slot_plan.slots - len(infos))
     page = int(target.get("flash_page_bytes", 4096))
     layout = banks.nbytes if banks is not None else 0
-    bank_bytes = max(1, -(-layout // page)) * page
-    images = banks.images if banks is not None else [b""] * slot_plan.slots
-    words = np.frombuffer(b"".join(bytes(im) + bytes(bank_bytes - len(im)) for im in images), "<i4")
-    return {"count": slot_plan.slots, "infos": infos, "page_bytes": page, "layout_bytes": layout,
-            "bank_bytes": bank_bytes, "words": _c_literals(words)}
+    images = [bytes(im) for im in banks.images] if banks is not None else [b""] * slot_plan.slots
+    ctx = {"count": slot_plan.slots, "infos": infos, "page_bytes": page, "layout_bytes": layout, "ota": None}
+    if not ota_keys:
+        bank_bytes = max(1, -(-layout // page)) * page
+        region = b"".join(im + bytes(bank_bytes - len(im)) for im in images)
+    else:
+        bank_bytes = -(-(-(-layout // 16) * 16 + fmt.META_BYTES) // page) * page
+        erased = b"\xff" * bank_bytes
+        region = b""
+        for image, info in zip(images, infos):
+            if info["rank"]:
+                meta = fmt.bank_metadata(1, 0, info["id"], (info["version"], 0, 0), 0, info["name"], info["rank"],
+                                         hashlib.sha256(image).digest(), confirmed=True)
+                region += image + b"\xff" * (bank_bytes - len(image) - len(meta)) + meta + erased
+            else:
+                region += erased * 2
+        region += b"\xff" * (2 * page)
+        write = int(target.get("flash_write_bytes", 8))
+        if write not in (1, 2, 4, 8, 16):
+            raise ValueError(f"target {target['name']}: flash_write_bytes {write} (supported: 1, 2, 4, 8, 16)")
+        ctx["ota"] = {"keys": [{"id": _c_bytes(fmt.key_id(k)), "public": _c_bytes(k), "hex": fmt.key_id(k).hex()}
+                               for k in ota_keys], "write_bytes": write, "layers": banks.layout if banks else []}
+    ctx.update(bank_bytes=bank_bytes, region_bytes=len(region),
+               words=_c_literals(np.frombuffer(region, "<i4")))
+    return ctx
+
+
+def _c_bytes(data: bytes) -> str:
+    return ", ".join(f"0x{b:02x}" for b in data)
 
 
 def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict]]:
@@ -204,7 +241,7 @@ def write_atomically(out_dir: Path, files: dict[str, str], extra_dirs: dict[str,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         for rel, src in (extra_dirs or {}).items():
-            shutil.copytree(src, tmp / rel)
+            shutil.copytree(src, tmp / rel, dirs_exist_ok=True)
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"

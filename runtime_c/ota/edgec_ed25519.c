@@ -1,10 +1,11 @@
 /*
  * edgec_ed25519.c - Ed25519 signature verification (RFC 8032 5.1.7). See edgec_ed25519.h.
  *
- * Field GF(p), p = 2^255 - 19: an element is 8 little-endian 32-bit words holding any integer
- * below 2^256 that is congruent to the value (not necessarily reduced). Products are schoolbook
- * 32x32->64-bit multiply-accumulates (UMULL/UMAAL on Cortex-M4); 2^256 = 38 (mod p) folds the high
- * half. Only fe_tobytes reduces fully (for encodings and comparisons).
+ * Field GF(p), p = 2^255 - 19: radix 2^25.5, ten unsigned 32-bit limbs f[i] of weight 2^ceil(25.5 i),
+ * 26 bits for even i, 25 for odd i. Every field operation ends with a carry pass, so all values satisfy
+ * f[i] < 2^(26 or 25) + 2^14; that bound keeps each 64-bit column sum of a product below 2^60.
+ * A product is 100 32x32->64-bit multiply-accumulates (UMLAL on Cortex-M4), no carries inside
+ * a column; 2^255 = 19 (mod p) folds the wrapped half. Only fe_tobytes reduces fully.
  *
  * Curve: -x^2 + y^2 = 1 + d x^2 y^2, points in extended coordinates (X:Y:Z:T), x = X/Z, y = Y/Z,
  * xy = T/Z (Hisil, Wong, Carter, Dawson 2008: "dbl-2008-hwcd" and "add-2008-hwcd-3", complete for
@@ -20,21 +21,21 @@
 
 #include "edgec_sha512.h"
 
-typedef uint32_t fe[8];
+typedef uint32_t fe[10];
 
 /* d = -121665/121666 mod p */
-static const fe fe_d = {0x135978a3u, 0x75eb4dcau, 0x4141d8abu, 0x00700a4du,
-                        0x7779e898u, 0x8cc74079u, 0x2b6ffe73u, 0x52036ceeu};
+static const fe fe_d = {0x35978a3u, 0x0d37284u, 0x3156ebdu, 0x06a0a0eu, 0x001c029u,
+                        0x179e898u, 0x3a03cbbu, 0x1ce7198u, 0x2e2b6ffu, 0x1480db3u};
 /* sqrt(-1) = 2^((p-1)/4) mod p */
-static const fe fe_sqrtm1 = {0x4a0ea0b0u, 0xc4ee1b27u, 0xad2fe478u, 0x2f431806u,
-                             0x3dfbd7a7u, 0x2b4d0099u, 0x4fc1df0bu, 0x2b832480u};
+static const fe fe_sqrtm1 = {0x20ea0b0u, 0x186c9d2u, 0x08f189du, 0x035697fu, 0x0bd0c60u,
+                             0x1fbd7a7u, 0x2804c9eu, 0x1e16569u, 0x004fc1du, 0x0ae0c92u};
 /* Base point B (RFC 8032 5.1): y = 4/5, x positive (even). */
-static const fe base_x = {0x8f25d51au, 0xc9562d60u, 0x9525a7b2u, 0x692cc760u,
-                          0xfdd6dc5cu, 0xc0a4e231u, 0xcd6e53feu, 0x216936d3u};
-static const fe base_y = {0x66666658u, 0x66666666u, 0x66666666u, 0x66666666u,
-                          0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u};
-static const fe fe_one = {1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
-static const fe fe_zero = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+static const fe base_x = {0x325d51au, 0x18b5823u, 0x0f6592au, 0x104a92du, 0x1a4b31du,
+                          0x1d6dc5cu, 0x27118feu, 0x07fd814u, 0x13cd6e5u, 0x085a4dbu};
+static const fe base_y = {0x2666658u, 0x1999999u, 0x0ccccccu, 0x1333333u, 0x1999999u,
+                          0x0666666u, 0x3333333u, 0x0ccccccu, 0x2666666u, 0x1999999u};
+static const fe fe_one = {1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+static const fe fe_zero = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 /* Group order L = 2^252 + 27742317777372353535851937790883648493 */
 static const uint32_t order[8] = {0x5cf5d3edu, 0x5812631au, 0xa2f79cd6u, 0x14def9deu, 0u, 0u, 0u, 0x10000000u};
 
@@ -53,8 +54,93 @@ static void store_le32(uint8_t *p, uint32_t x)
 
 /* ---------------------------------------------------------------- field arithmetic mod p */
 
-/* r += x (x < 2^32) as a 256-bit integer; returns the carry out of bit 255 (0 or 1). */
-static uint32_t add_small(fe r, uint32_t x)
+#define MASK26 0x3ffffffu
+#define MASK25 0x1ffffffu
+
+/* Carry pass: limbs below 2^29 in, limbs within the invariant bound out. */
+static void fe_carry(fe h)
+{
+    uint32_t c = 0;
+    unsigned i;
+    for (i = 0; i < 10; i += 2) {
+        h[i] += c;
+        c = h[i] >> 26;
+        h[i] &= MASK26;
+        h[i + 1] += c;
+        c = h[i + 1] >> 25;
+        h[i + 1] &= MASK25;
+    }
+    h[0] += 19 * c; /* c < 2^5: h[0] < 2^26 + 2^10 */
+}
+
+static void fe_add(fe h, const fe f, const fe g)
+{
+    unsigned i;
+    for (i = 0; i < 10; i++) {
+        h[i] = f[i] + g[i];
+    }
+    fe_carry(h);
+}
+
+/* h = f - g + 2p; the limbs of 2p (2^27 - 38, 2^26 - 2, 2^27 - 2, ...) exceed any g[i]. */
+static void fe_sub(fe h, const fe f, const fe g)
+{
+    unsigned i;
+    for (i = 0; i < 10; i++) {
+        h[i] = f[i] + (i == 0 ? 0x7ffffdau : (i & 1) ? 0x3fffffeu : 0x7fffffeu) - g[i];
+    }
+    fe_carry(h);
+}
+
+/* Column sum_i f[i] g[-i] of the product (10 multiply-accumulates, unrolled). */
+static uint64_t fe_column(const uint32_t *f, const uint32_t *g)
+{
+    uint64_t s = 0;
+    unsigned i;
+#pragma GCC unroll 10
+    for (i = 0; i < 10; i++) {
+        s += (uint64_t)f[i] * g[-(int)i];
+    }
+    return s;
+}
+
+/* h = f g (h may alias f or g). Column k sums f[i] g[k-i] (i + j = k) and 19 f[i] g[k-i+10]
+ * (i + j = k + 10, 2^255 = 19). A product of two odd-index limbs counts twice
+ * (2^ceil(25.5 i) 2^ceil(25.5 j) = 2 * 2^ceil(25.5 (i+j)) then), which happens only in even columns:
+ * they use ff[0..9] (odd limbs doubled), odd columns ff[10..19] = f. gg = (19 g, g), so column k reads
+ * gg[k + 10 - i]. Each column sum stays below 2^60. */
+static void fe_mul(fe h, const fe f, const fe g)
+{
+    uint32_t ff[20], gg[20];
+    uint64_t s = 0;
+    unsigned i;
+
+    for (i = 0; i < 10; i++) {
+        ff[i] = f[i] << (i & 1);
+        ff[i + 10] = f[i];
+        gg[i] = 19 * g[i];
+        gg[i + 10] = g[i];
+    }
+    for (i = 0; i < 10; i += 2) {
+        s += fe_column(ff, gg + i + 10);
+        h[i] = (uint32_t)s & MASK26;
+        s >>= 26;
+        s += fe_column(ff + 10, gg + i + 11);
+        h[i + 1] = (uint32_t)s & MASK25;
+        s >>= 25;
+    }
+    s = h[0] + 19 * s; /* s < 2^36 before */
+    h[0] = (uint32_t)s & MASK26;
+    h[1] += (uint32_t)(s >> 26);
+}
+
+static void fe_sq(fe h, const fe f)
+{
+    fe_mul(h, f, f);
+}
+
+/* r += x (x < 2^32) as a 256-bit integer in 32-bit words; returns the carry out of bit 255. */
+static uint32_t add_small(uint32_t r[8], uint32_t x)
 {
     uint64_t u = x;
     unsigned i;
@@ -66,102 +152,52 @@ static uint32_t add_small(fe r, uint32_t x)
     return (uint32_t)u;
 }
 
-/* r += c * 2^256 (mod p), using 2^256 = 38 (mod p); c < 2^26. */
-static void fe_carry(fe r, uint32_t c)
+/* Canonical 32-byte little-endian encoding of f mod p (bit 255 clear). */
+static void fe_tobytes(uint8_t s[32], const fe f)
 {
-    /* If r + 38c overflows, the wrapped sum is below 38c, so the second round cannot overflow. */
-    while (c != 0) {
-        c = add_small(r, 38 * c);
-    }
-}
+    uint32_t t[8], w[8];
+    uint64_t acc = 0;
+    unsigned i, j = 0, bits = 0;
 
-static void fe_add(fe r, const fe a, const fe b)
-{
-    uint64_t u = 0;
-    unsigned i;
-    for (i = 0; i < 8; i++) {
-        u += (uint64_t)a[i] + b[i];
-        r[i] = (uint32_t)u;
-        u >>= 32;
-    }
-    fe_carry(r, (uint32_t)u);
-}
-
-/* r = a - b + 8p. 8p = 2^258 - 152 is spread over the words so that no word goes negative:
- * (2^33 - 152) + sum_{i=1..7} (2^33 - 2) 2^(32i) + 2 * 2^256. */
-static void fe_sub(fe r, const fe a, const fe b)
-{
-    uint64_t u = 0;
-    unsigned i;
-    for (i = 0; i < 8; i++) {
-        u += (uint64_t)a[i] + (i == 0 ? 0x1ffffff68u : 0x1fffffffeu) - b[i];
-        r[i] = (uint32_t)u;
-        u >>= 32;
-    }
-    fe_carry(r, (uint32_t)u + 2);
-}
-
-static void fe_mul(fe r, const fe a, const fe b)
-{
-    uint32_t t[16];
-    uint64_t u;
-    unsigned i, j;
-
-    memset(t, 0, sizeof t);
-    for (i = 0; i < 8; i++) {
-        u = 0;
-        for (j = 0; j < 8; j++) {
-            /* at most (2^32-1)^2 + 2 (2^32-1) = 2^64 - 1: no overflow */
-            u += (uint64_t)a[i] * b[j] + t[i + j];
-            t[i + j] = (uint32_t)u;
-            u >>= 32;
+    /* repack to 32-bit words: the invariant bound keeps f below 2^256 */
+    for (i = 0; i < 10; i++) {
+        acc += (uint64_t)f[i] << bits;
+        bits += 26 - (i & 1);
+        for (; bits >= 32; bits -= 32) {
+            t[j++] = (uint32_t)acc;
+            acc >>= 32;
         }
-        t[i + 8] = (uint32_t)u;
     }
-    u = 0;
+    t[7] = (uint32_t)acc;
+    /* fold bit 255 (2^255 = 19), leaving t < 2^255 + 19 < 2p */
+    i = t[7] >> 31;
+    t[7] &= 0x7fffffffu;
+    (void)add_small(t, 19 * i);
+    /* t >= p  <=>  t + 19 >= 2^255; then t - p = t + 19 - 2^255 */
+    memcpy(w, t, sizeof w);
+    (void)add_small(w, 19);
+    if (w[7] >> 31) {
+        w[7] &= 0x7fffffffu;
+        memcpy(t, w, sizeof t);
+    }
     for (i = 0; i < 8; i++) {
-        u += (uint64_t)t[i + 8] * 38 + t[i];
-        r[i] = (uint32_t)u;
-        u >>= 32;
+        store_le32(s + 4 * i, t[i]);
     }
-    fe_carry(r, (uint32_t)u);
 }
 
-/* Squaring: the 28 off-diagonal products once, doubled, plus the 8 squares. */
-static void fe_sq(fe r, const fe a)
+/* f = bits 0..254 of the little-endian s (bit 255 ignored) */
+static void fe_frombytes(fe f, const uint8_t s[32])
 {
-    uint32_t t[16];
-    uint64_t u;
-    unsigned i, j;
-
-    memset(t, 0, sizeof t);
-    for (i = 0; i < 7; i++) {
-        u = 0;
-        for (j = i + 1; j < 8; j++) {
-            u += (uint64_t)a[i] * a[j] + t[i + j];
-            t[i + j] = (uint32_t)u;
-            u >>= 32;
+    unsigned i, pos = 0;
+    for (i = 0; i < 10; i++) {
+        uint64_t x = 0;
+        unsigned k;
+        for (k = 0; k < 5 && (pos >> 3) + k < 32; k++) {
+            x |= (uint64_t)s[(pos >> 3) + k] << (8 * k);
         }
-        t[i + 8] = (uint32_t)u;
+        f[i] = (uint32_t)(x >> (pos & 7)) & ((i & 1) ? MASK25 : MASK26);
+        pos += 26 - (i & 1);
     }
-    u = 0;
-    for (i = 0; i < 8; i++) {
-        uint64_t sq = (uint64_t)a[i] * a[i];
-        /* (2 t + sq) per word pair, carried in u; t[2i+1] < 2^32 so 2t + sq + carry fits in 64 bits */
-        u += ((uint64_t)t[2 * i] << 1) + (uint32_t)sq;
-        t[2 * i] = (uint32_t)u;
-        u >>= 32;
-        u += ((uint64_t)t[2 * i + 1] << 1) + (sq >> 32);
-        t[2 * i + 1] = (uint32_t)u;
-        u >>= 32;
-    }
-    u = 0;
-    for (i = 0; i < 8; i++) {
-        u += (uint64_t)t[i + 8] * 38 + t[i];
-        r[i] = (uint32_t)u;
-        u >>= 32;
-    }
-    fe_carry(r, (uint32_t)u);
 }
 
 /* r = a^(2^n) * b */
@@ -196,29 +232,6 @@ static void fe_pow(fe r, const fe z, int invert)
         fe_sqn_mul(r, c, 5, z11); /* z^(2^255 - 21) */
     } else {
         fe_sqn_mul(r, c, 2, z);   /* z^(2^252 - 3) */
-    }
-}
-
-/* Canonical 32-byte little-endian encoding of a mod p (bit 255 clear). */
-static void fe_tobytes(uint8_t s[32], const fe a)
-{
-    fe t, w;
-    unsigned i;
-
-    memcpy(t, a, sizeof t);
-    /* a < 2^256: fold bit 255 (2^255 = 19), leaving t < 2^255 + 19 < 2p */
-    i = t[7] >> 31;
-    t[7] &= 0x7fffffffu;
-    (void)add_small(t, 19 * i);
-    /* t >= p  <=>  t + 19 >= 2^255; then t - p = t + 19 - 2^255 */
-    memcpy(w, t, sizeof w);
-    (void)add_small(w, 19);
-    if (w[7] >> 31) {
-        w[7] &= 0x7fffffffu;
-        memcpy(t, w, sizeof t);
-    }
-    for (i = 0; i < 8; i++) {
-        store_le32(s + 4 * i, t[i]);
     }
 }
 
@@ -326,10 +339,7 @@ static int ge_frombytes(ge *r, const uint8_t s[32])
     fe u, v, v3, x;
     unsigned i;
 
-    for (i = 0; i < 8; i++) {
-        r->y[i] = load_le32(s + 4 * i);
-    }
-    r->y[7] &= 0x7fffffffu;
+    fe_frombytes(r->y, s);
     /* y < p exactly when its canonical encoding is the input (sign bit aside) */
     fe_tobytes(check, r->y);
     check[31] |= s[31] & 0x80u;
