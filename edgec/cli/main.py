@@ -245,21 +245,35 @@ def _read_report(out_dir: Path) -> dict:
 @click.option("--output", "-o", "out_file", required=True, type=click.Path(path_type=Path),
               help="Output .npy (single-output models) or .npz (several outputs, keyed by output name).")
 @_activate_option
+@click.option("--apply-patch", "patch_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Feed this OTA adapter patch to the device's receiver first (a build with "
+                                 "--ota-pubkey); --activate may name the patch's adapter.")
 @click.option("--json", "as_json", is_flag=True)
-def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple[str, ...], as_json: bool) -> None:
+def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple[str, ...], patch_file: Path | None,
+            as_json: bool) -> None:
     """Run a built project (OUTDIR) on inputs from .npy files, on the host or under QEMU.
 
-    With --activate (slots projects), the harness activates those adapters before every inference."""
+    With --activate (slots projects), the harness activates those adapters before every inference. With
+    --apply-patch the patch goes through the device's OTA receiver before the first inference (the result
+    code is printed; exit code 1 if the receiver rejected it)."""
     import tempfile
 
     from edgec.cli.verify import parse_activations, run_project
 
     report = _read_report(out_dir)
     sets = _input_sets(tuple(input_files), report["inputs"])
+    if patch_file is not None:
+        from edgec.ota.format import decode_patch
+
+        if "ota" not in report:
+            raise EdgecError(f"{out_dir}: built without --ota-pubkey: it has no OTA receiver")
+        header = decode_patch(patch_file.read_bytes(), str(patch_file)).header
+        named = [a for a in report.get("adapters", []) if a["slot"] != header.slot]
+        report = {**report, "adapters": named + [{"name": header.name, "slot": header.slot, "mode": "slots"}]}
     scales = parse_activations(activate, report)
     with tempfile.TemporaryDirectory(prefix="edgec_run_") as tmp:
         outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp),
-                                        [scales] if any(scales) else None)
+                                        [scales] if any(scales) else None, patch_file)
     stacked = [np.stack([rec[o] for rec in outputs]) for o in range(len(report["outputs"]))]
     if len(sets) == 1:
         stacked = [a[0] for a in stacked]
@@ -271,9 +285,18 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
     if as_json:
         _emit_json(result)
     else:
+        if patch_file is not None:
+            from edgec.ota.format import OTA_RESULTS
+
+            code = measured["ota_result"]
+            click.echo(f"patch {patch_file.name}: receiver result {code} ({OTA_RESULTS.get(code, 'unknown')}); "
+                       f"slot {measured['ota_slot']} runs version {measured['active_version']}"
+                       f"{' on trial' if measured['ota_trial'] else ''}")
         click.echo(f"ran {len(sets)} inference(s) on {on}; wrote {out_file}")
         if measured.get("instructions_per_inference"):
             click.echo(f"{measured['instructions_per_inference']:,} instructions per inference (QEMU)")
+    if patch_file is not None and measured["ota_result"] != 0:
+        sys.exit(1)
 
 
 @main.command("inspect")
