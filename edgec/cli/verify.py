@@ -85,13 +85,14 @@ def parse_activations(specs: tuple[str, ...] | list[str], report: dict) -> list[
 
 def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]], on: str,
                 work_dir: Path, schedule: list[list[int]] | None = None, patch: Path | None = None,
-                resets: tuple[int, ...] = ()) -> tuple[list[list[np.ndarray]], dict]:
+                resets: tuple[int, ...] = (), measure_patch: bool = False) -> tuple[list[list[np.ndarray]], dict]:
     """Run a built project; returns outputs and measurements (flash/RAM/instructions for QEMU).
 
     `schedule` (adapter slots): per input record the Q16 scale of every slot (one row: all records).
     `patch`: an OTA adapter patch fed to the receiver after edgec_init(); the measurements then include
     `ota_result` (the receiver's code, 0 = applied on trial), `ota_slot` and `active_version` / `ota_trial` of
-    that slot. `resets`: records before which edgec_init() runs again (a simulated reset)."""
+    that slot. `resets`: records before which edgec_init() runs again (a simulated reset). `measure_patch`
+    (QEMU): `instructions_per_inference` counts the patch's reception (begin, write, finish) instead."""
     from edgec.cli.hooks import hook_source
 
     specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
@@ -101,7 +102,8 @@ def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]],
     if schedule or patch is not None or resets:
         work_dir.mkdir(parents=True, exist_ok=True)
         hook = work_dir / "edgec_hooks.c"
-        hook.write_text(hook_source(schedule, None if patch is None else Path(patch).resolve(), result, resets))
+        hook.write_text(hook_source(schedule, None if patch is None else Path(patch).resolve(), result, resets,
+                                    measure_patch))
         extra.append(hook)
         result.unlink(missing_ok=True)
     if on == "host":
