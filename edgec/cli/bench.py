@@ -49,6 +49,59 @@ def adapter_costs(model: Path, target: str, work: Path, inputs, base: dict, prog
     }
 
 
+OTA_SOURCES = ("edgec_ota.c", "edgec_sha256.c", "edgec_sha512.c", "edgec_ed25519.c", "edgec_flash_mem.c")
+OTA_FLASH_GOAL = 8192
+
+
+def ota_code_size(target: dict, work: Path) -> dict:
+    """.text/.data/.bss of the OTA receiver, SHA-256 and Ed25519 compiled for `target` at -Os, and the
+    largest stack frame (-fstack-usage)."""
+    import subprocess
+
+    from edgec.toolchain.runner import RUNTIME_C, ensure_tools
+
+    ensure_tools(target)
+    work.mkdir(parents=True, exist_ok=True)
+    flags = [f for f in target["cflags"] if not f.startswith("-O")]
+    files, frames = {}, []
+    for name in OTA_SOURCES:
+        obj = work / name.replace(".c", ".o")
+        subprocess.run([target["cc"], *flags, "-Os", "-std=c99", "-ffunction-sections", "-fdata-sections",
+                        "-fstack-usage", "-c", str(RUNTIME_C / "ota" / name), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
+        out = subprocess.run([target["cc"].replace("gcc", "size"), "-B", str(obj)], check=True, capture_output=True,
+                             text=True).stdout.splitlines()[1].split()
+        files[name] = {"text": int(out[0]), "data": int(out[1]), "bss": int(out[2])}
+        frames += [int(line.split()[-2]) for line in obj.with_suffix(".su").read_text().splitlines() if line.strip()]
+    text = sum(f["text"] for f in files.values())
+    return {"files": files, "flash_bytes": text + sum(f["data"] for f in files.values()),
+            "static_ram_bytes": sum(f["data"] + f["bss"] for f in files.values()),
+            "largest_stack_frame_bytes": max(frames), "flash_goal_bytes": OTA_FLASH_GOAL}
+
+
+def ota_patch_cost(models_dir: Path, target_name: str, work: Path, progress=print) -> dict:
+    """Instructions (QEMU) for the device to receive, hash, verify and program a patch of about 4 KB: a
+    synthetic rank-3 adapter on the KWS model's conv/FC layers."""
+    from edgec.ota.keys import generate_keypair
+    from edgec.ota.patch import create_patch
+
+    model = models_dir / "kws_ref_model.tflite"
+    mapping = synthetic_adapter(read_tflite(model), work / "adapter", rank=3, seed=5)
+    (work / "map.json").write_text(json.dumps(mapping))
+    key, pub = generate_keypair(work / "key")
+    progress("kws_ref_model: OTA build and a signed patch")
+    report = build(model, target_name, work / "ota", adapters=[("a", work / "adapter")], adapter_mode="slots",
+                   adapter_map=work / "map.json", ota_pubkeys=[pub])
+    patch = work / "a.patch"
+    patch.write_bytes(create_patch(work / "ota", "a", work / "adapter", "1.0.1", 1, key,
+                                   adapter_map=work / "map.json"))
+    inputs = random_input_sets_for_model(model.read_bytes(), 1, seed=0)
+    _, measured = run_project(work / "ota", report, inputs, "qemu", work / "run", patch=patch, measure_patch=True)
+    if measured["ota_result"] != 0:
+        raise EdgecError(f"the benchmark patch was rejected by the receiver (code {measured['ota_result']})")
+    return {"patch_bytes": patch.stat().st_size, "instructions": measured["instructions_per_inference"]}
+
+
 def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bool = True) -> dict:
     models_dir = Path(models_dir) if models_dir else DEFAULT_MODELS
     missing = [m for m in MLPERF_TINY if not (models_dir / f"{m}.tflite").is_file()]
@@ -79,7 +132,15 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
             "build_seconds": round(build_s, 2),
             **({"adapter": lora} if lora else {}),
         })
-    return {"target": target, "counting": "guest instructions under QEMU TCG (not cycles)", "models": rows}
+    result = {"target": target, "counting": "guest instructions under QEMU TCG (not cycles)", "models": rows}
+    if adapters:
+        from edgec.targets import load_target
+
+        with tempfile.TemporaryDirectory(prefix="edgec_bench_ota_") as tmp:
+            progress("OTA receiver: code size")
+            result["ota"] = {**ota_code_size(load_target(target), Path(tmp) / "obj"),
+                             "patch": ota_patch_cost(models_dir, target, Path(tmp), progress)}
+    return result
 
 
 def format_table(result: dict) -> str:
@@ -102,6 +163,14 @@ def format_table(result: dict) -> str:
                          f"{a['slots_extra_ram_bytes']:>7,} {a['fuse_instructions']:>12,} "
                          f"{_pct(a['slots_idle_extra_instructions'], a):>18} "
                          f"{_pct(a['slots_active_extra_instructions'], a):>20}")
+    ota = result.get("ota")
+    if ota:
+        goal = "under" if ota["flash_bytes"] < ota["flash_goal_bytes"] else "OVER"
+        lines += ["", (f"OTA receiver + SHA-256 + Ed25519 (-Os): {ota['flash_bytes']:,} B flash ({goal} the "
+                      f"{ota['flash_goal_bytes']:,} B goal), {ota['static_ram_bytes']:,} B static RAM, largest stack "
+                      f"frame {ota['largest_stack_frame_bytes']:,} B"),
+                  (f"receive + verify + program a {ota['patch']['patch_bytes']:,}-byte patch: "
+                  f"{ota['patch']['instructions']:,} instructions")]
     return "\n".join(lines)
 
 
