@@ -27,7 +27,7 @@ TENSORS = ("A", "B", "rescale")
 # The device receiver's result codes (runtime_c/ota/edgec_ota.h).
 OTA_RESULTS = {0: "OK", -10: "ERR_STATE", -11: "ERR_FORMAT", -12: "ERR_BASE", -13: "ERR_LAYOUT", -14: "ERR_SLOT",
                -15: "ERR_COUNTER", -16: "ERR_KEY", -17: "ERR_DIGEST", -18: "ERR_SIGNATURE", -19: "ERR_TRUNCATED",
-               -20: "ERR_LENGTH", -21: "ERR_FLASH", -100: "cannot open the patch file"}
+               -20: "ERR_LENGTH", -21: "ERR_FLASH", -22: "ERR_ARG", -100: "cannot open the patch file"}
 _HEADER = struct.Struct("<4sHHII32s32s16sIHHHHIHH8sI")
 _RECORD = struct.Struct("<HBBIIf")
 _META = struct.Struct("<4sIIIHHHH16sH14s4s")
