@@ -185,19 +185,32 @@ static void fe_tobytes(uint8_t s[32], const fe f)
     }
 }
 
-/* f = bits 0..254 of the little-endian s (bit 255 ignored) */
+/* f = bits 0..254 of the little-endian s (bit 255 ignored). Limb i starts at bit ceil(25.5 i); with
+ * that bit offset, limb i always fits in the 32-bit word at byte ceil(25.5 i) / 8 (offset + width <= 32). */
 static void fe_frombytes(fe f, const uint8_t s[32])
 {
     unsigned i, pos = 0;
     for (i = 0; i < 10; i++) {
-        uint64_t x = 0;
-        unsigned k;
-        for (k = 0; k < 5 && (pos >> 3) + k < 32; k++) {
-            x |= (uint64_t)s[(pos >> 3) + k] << (8 * k);
-        }
-        f[i] = (uint32_t)(x >> (pos & 7)) & ((i & 1) ? MASK25 : MASK26);
+        f[i] = (load_le32(s + (pos >> 3)) >> (pos & 7)) & ((i & 1) ? MASK25 : MASK26);
         pos += 26 - (i & 1);
     }
+}
+
+static int is_zero32(const uint8_t b[32])
+{
+    uint8_t acc = 0;
+    unsigned i;
+    for (i = 0; i < 32; i++) {
+        acc |= b[i];
+    }
+    return acc == 0;
+}
+
+static int fe_is_zero(const fe f)
+{
+    uint8_t b[32];
+    fe_tobytes(b, f);
+    return is_zero32(b);
 }
 
 /* r = a^(2^n) * b */
@@ -235,14 +248,6 @@ static void fe_pow(fe r, const fe z, int invert)
     }
 }
 
-static int fe_equal(const fe a, const fe b)
-{
-    uint8_t sa[32], sb[32];
-    fe_tobytes(sa, a);
-    fe_tobytes(sb, b);
-    return memcmp(sa, sb, 32) == 0;
-}
-
 /* ---------------------------------------------------------------- group arithmetic */
 
 typedef struct {
@@ -253,17 +258,20 @@ typedef struct {
     fe ypx, ymx, z, t2d;
 } ge_cached; /* Y+X, Y-X, Z, 2dT: the second operand of an addition */
 
-/* (E F : G H : F G : E H), shared tail of addition and doubling */
-static void ge_finish(ge *r, const fe e, const fe f, const fe g, const fe h)
+/* (E F : G H : F G : E H), shared tail of addition and doubling; T only if need_t */
+static void ge_finish(ge *r, const fe e, const fe f, const fe g, const fe h, int need_t)
 {
     fe_mul(r->x, e, f);
     fe_mul(r->y, g, h);
     fe_mul(r->z, f, g);
-    fe_mul(r->t, e, h);
+    if (need_t) {
+        fe_mul(r->t, e, h);
+    }
 }
 
-/* r = 2p (dbl-2008-hwcd, a = -1). F and H are negated, which negates all four outputs: same point. */
-static void ge_dbl(ge *r, const ge *p)
+/* r = 2p (dbl-2008-hwcd, a = -1); r may be p. F and H are negated, which negates all four outputs:
+ * the same point. Doubling does not read T, so r->t is only computed if need_t (an addition follows). */
+static void ge_dbl(ge *r, const ge *p, int need_t)
 {
     fe a, b, c, e, g;
 
@@ -277,7 +285,7 @@ static void ge_dbl(ge *r, const ge *p)
     fe_add(a, a, b);            /* -H = A + B */
     fe_sub(e, e, a);            /* E = (X+Y)^2 - A - B */
     fe_sub(c, c, g);            /* -F = C - G */
-    ge_finish(r, e, c, g, a);
+    ge_finish(r, e, c, g, a, need_t);
 }
 
 /* r = p + q, or p - q if negate (add-2008-hwcd-3, a = -1, k = 2d); r may be p. */
@@ -299,9 +307,9 @@ static void ge_add(ge *r, const ge *p, const ge_cached *q, int negate)
     fe_sub(d, d, c);                           /* D - C */
     /* F = D - C, G = D + C; for -q, C changes sign */
     if (negate) {
-        ge_finish(r, e, a, d, b);
+        ge_finish(r, e, a, d, b, 1);
     } else {
-        ge_finish(r, e, d, a, b);
+        ge_finish(r, e, d, a, b, 1);
     }
 }
 
@@ -321,7 +329,7 @@ static void ge_odd_multiples(ge_cached table[4], const ge *p)
     ge_cached p2;
     unsigned j;
 
-    ge_dbl(&q, p);
+    ge_dbl(&q, p, 1);
     ge_cache(&p2, &q);
     memcpy(&q, p, sizeof q);
     ge_cache(&table[0], &q);
@@ -336,50 +344,46 @@ static void ge_odd_multiples(ge_cached table[4], const ge *p)
 static int ge_frombytes(ge *r, const uint8_t s[32])
 {
     uint8_t check[32];
-    fe u, v, v3, x;
-    unsigned i;
+    fe u, v, v3, t;
 
     fe_frombytes(r->y, s);
-    /* y < p exactly when its canonical encoding is the input (sign bit aside) */
     fe_tobytes(check, r->y);
     check[31] |= s[31] & 0x80u;
     if (memcmp(check, s, 32) != 0) {
-        return 0;
+        return 0;                              /* y >= p: non-canonical */
     }
     fe_sq(u, r->y);
     fe_mul(v, u, fe_d);
     fe_sub(u, u, fe_one);                      /* u = y^2 - 1 */
     fe_add(v, v, fe_one);                      /* v = d y^2 + 1 */
-    /* candidate root x = u v^3 (u v^7)^((p-5)/8) */
     fe_sq(v3, v);
     fe_mul(v3, v3, v);                         /* v^3 */
-    fe_sq(x, v3);
-    fe_mul(x, x, v);
-    fe_mul(x, x, u);                           /* u v^7 */
-    fe_pow(x, x, 0);
-    fe_mul(x, x, v3);
-    fe_mul(x, x, u);
-    fe_sq(v3, x);
-    fe_mul(v3, v3, v);                         /* v x^2 */
-    if (!fe_equal(v3, u)) {
-        fe_add(v3, v3, u);
-        if (!fe_equal(v3, fe_zero)) {
+    fe_sq(t, v3);
+    fe_mul(t, t, v);
+    fe_mul(t, t, u);                           /* u v^7 */
+    fe_pow(t, t, 0);
+    fe_mul(t, t, v3);
+    fe_mul(r->x, t, u);                        /* candidate root x = u v^3 (u v^7)^((p-5)/8) */
+    fe_sq(t, r->x);
+    fe_mul(t, t, v);                           /* v x^2 */
+    fe_sub(v, t, u);
+    if (!fe_is_zero(v)) {
+        fe_add(v, t, u);
+        if (!fe_is_zero(v)) {
             return 0;                          /* v x^2 is neither u nor -u: no square root */
         }
-        fe_mul(x, x, fe_sqrtm1);               /* v x^2 = -u: x sqrt(-1) is the root */
+        fe_mul(r->x, r->x, fe_sqrtm1);         /* v x^2 = -u: x sqrt(-1) is the root */
     }
-    fe_tobytes(check, x);
+    /* here v = 0 (mod p) */
+    fe_tobytes(check, r->x);
     if ((check[0] & 1u) != (s[31] >> 7)) {     /* parity of x differs from the sign bit */
-        for (i = 0; i < 32 && check[i] == 0; i++) {
-        }
-        if (i == 32) {
+        if (is_zero32(check)) {
             return 0;                          /* x = 0 cannot have the sign bit set */
         }
-        fe_sub(x, fe_zero, x);
+        fe_sub(r->x, v, r->x);
     }
-    memcpy(r->x, x, sizeof r->x);
     memcpy(r->z, fe_one, sizeof r->z);
-    fe_mul(r->t, x, r->y);
+    fe_mul(r->t, r->x, r->y);
     return 1;
 }
 
@@ -398,52 +402,48 @@ static void ge_tobytes(uint8_t s[32], const ge *p)
 
 /* ---------------------------------------------------------------- scalars mod L */
 
-/* s < L (RFC 8032 5.1.7 step 1: reject non-canonical S) */
-static int sc_is_canonical(const uint8_t s[32])
+/* d = a - L over 8 words; returns the borrow (1 if a < L). */
+static uint32_t sc_sub_order(uint32_t d[8], const uint32_t a[8])
 {
-    int i;
-    for (i = 7; i >= 0; i--) {
-        uint32_t w = load_le32(s + 4 * i);
-        if (w != order[i]) {
-            return w < order[i];
-        }
+    uint32_t borrow = 0;
+    unsigned i;
+    for (i = 0; i < 8; i++) {
+        uint64_t u = (uint64_t)a[i] - order[i] - borrow;
+        d[i] = (uint32_t)u;
+        borrow = (uint32_t)(u >> 63);
     }
-    return 0;
+    return borrow;
 }
 
-/* out = h mod L for a 64-byte little-endian h, one byte at a time from the top:
- * r = 256 r + byte < 2^261; with q = r >> 252 and c = L - 2^252 (< 2^125),
- * r - q L = (r mod 2^252) - q c lies in (-L, 2^252), so at most one L is added back. */
+/* s < L (RFC 8032 5.1.7: reject a non-canonical S) */
+static int sc_is_canonical(const uint8_t s[32])
+{
+    uint32_t a[8];
+    unsigned i;
+    for (i = 0; i < 8; i++) {
+        a[i] = load_le32(s + 4 * i);
+    }
+    return sc_sub_order(a, a) != 0;
+}
+
+/* out = h mod L for a 64-byte little-endian h, bit by bit from the top: r = 2r + bit, then r - L
+ * if that does not go negative (r < L < 2^253 throughout). Small code; about 50k instructions. */
 static void sc_reduce(uint8_t out[32], const uint8_t h[64])
 {
-    uint32_t r[9];
+    uint32_t r[8], d[8];
     int n;
     unsigned i;
 
     memset(r, 0, sizeof r);
-    for (n = 63; n >= 0; n--) {
-        uint32_t q;
-        uint64_t borrow = 0;
-        for (i = 8; i > 0; i--) {
-            r[i] = (r[i] << 8) | (r[i - 1] >> 24);
-        }
-        r[0] = (r[0] << 8) | h[n];
-        q = (r[8] << 4) | (r[7] >> 28);
-        r[7] &= 0x0fffffffu;
-        r[8] = 0;
+    for (n = 511; n >= 0; n--) {
+        uint32_t carry = (h[n >> 3] >> (n & 7)) & 1u;
         for (i = 0; i < 8; i++) {
-            uint64_t t = (i < 4 ? (uint64_t)q * order[i] : 0) + borrow;
-            uint64_t u = (uint64_t)r[i] - (uint32_t)t;
-            r[i] = (uint32_t)u;
-            borrow = (t >> 32) + (u >> 63);
+            uint32_t top = r[i] >> 31;
+            r[i] = (r[i] << 1) | carry;
+            carry = top;
         }
-        if (borrow != 0) {
-            uint64_t u = 0;
-            for (i = 0; i < 8; i++) {
-                u += (uint64_t)r[i] + order[i];
-                r[i] = (uint32_t)u;
-                u >>= 32;
-            }
+        if (sc_sub_order(d, r) == 0) {
+            memcpy(r, d, sizeof r);
         }
     }
     for (i = 0; i < 8; i++) {
@@ -519,7 +519,7 @@ int edgec_ed25519_verify(const uint8_t sig[64], const uint8_t pub[32], const uin
     for (i = 255; i >= 0 && naf_s[i] == 0 && naf_k[i] == 0; i--) {
     }
     for (; i >= 0; i--) {
-        ge_dbl(&p, &p);
+        ge_dbl(&p, &p, naf_s[i] != 0 || naf_k[i] != 0);
         if (naf_s[i] != 0) {
             ge_add(&p, &p, &table_b[(naf_s[i] < 0 ? -naf_s[i] : naf_s[i]) >> 1], naf_s[i] < 0);
         }
