@@ -18,23 +18,43 @@ _PATCH_SETUP = r"""
 
 int edgec_harness_setup(void);
 
+/* Append the decimal `v` and a separator to line[*n] (no printf: newlib-nano's would need a heap). */
+static void edgec_hook_put(char *line, size_t *n, long v, char sep)
+{
+    char digits[12];
+    int k = 0;
+    unsigned long u = v < 0 ? 0ul - (unsigned long)v : (unsigned long)v;
+    if (v < 0) {
+        line[(*n)++] = '-';
+    }
+    do {
+        digits[k++] = (char)('0' + u % 10ul);
+        u /= 10ul;
+    } while (u != 0ul);
+    while (k > 0) {
+        line[(*n)++] = digits[--k];
+    }
+    line[(*n)++] = sep;
+}
+
 /* "result slot major minor patch trial" of the update, into RESULT_PATH. */
 static void edgec_hook_report(int rc, int slot)
 {
     edgec_adapter_info_t info = {0};
     char line[96];
+    size_t n = 0;
     if (slot >= 0) {
         (void)edgec_adapter_info(slot, &info);
     }
-    snprintf(line, sizeof line, "%d %d %u %u %u %d\n", rc, slot, (unsigned)info.version[0],
-             (unsigned)info.version[1], (unsigned)info.version[2], info.trial);
+    edgec_hook_put(line, &n, rc, ' ');
+    edgec_hook_put(line, &n, slot, ' ');
+    edgec_hook_put(line, &n, info.version[0], ' ');
+    edgec_hook_put(line, &n, info.version[1], ' ');
+    edgec_hook_put(line, &n, info.version[2], ' ');
+    edgec_hook_put(line, &n, info.trial, '\n');
 #ifdef EDGEC_SEMIHOSTING
     {
         int fh = edgec_semihost_open(RESULT_PATH, EDGEC_SEMIHOST_MODE_WB);
-        size_t n = 0;
-        while (line[n] != '\0') {
-            n++;
-        }
         if (fh >= 0) {
             (void)edgec_semihost_write(fh, line, n);
             (void)edgec_semihost_close(fh);
@@ -44,7 +64,7 @@ static void edgec_hook_report(int rc, int slot)
     {
         FILE *f = fopen(RESULT_PATH, "w");
         if (f != NULL) {
-            fputs(line, f);
+            fwrite(line, 1, n, f);
             fclose(f);
         }
     }

@@ -263,13 +263,16 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
     report = _read_report(out_dir)
     sets = _input_sets(tuple(input_files), report["inputs"])
     if patch_file is not None:
-        from edgec.ota.format import decode_patch
+        from edgec.ota.format import peek_header
 
         if "ota" not in report:
             raise EdgecError(f"{out_dir}: built without --ota-pubkey: it has no OTA receiver")
-        header = decode_patch(patch_file.read_bytes(), str(patch_file)).header
-        named = [a for a in report.get("adapters", []) if a["slot"] != header.slot]
-        report = {**report, "adapters": named + [{"name": header.name, "slot": header.slot, "mode": "slots"}]}
+        # Unchecked on purpose: judging the patch is the device receiver's job; the header only tells which
+        # name --activate may use for the patched slot.
+        peek = peek_header(patch_file.read_bytes())
+        if peek is not None and peek[0] and 0 <= peek[1] < report["adapter_slots"]:
+            named = [a for a in report.get("adapters", []) if a["slot"] != peek[1] and a["name"] != peek[0]]
+            report = {**report, "adapters": named + [{"name": peek[0], "slot": peek[1], "mode": "slots"}]}
     scales = parse_activations(activate, report)
     with tempfile.TemporaryDirectory(prefix="edgec_run_") as tmp:
         outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp),

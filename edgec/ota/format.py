@@ -114,6 +114,14 @@ def _fail(where: str, offset: int, msg: str) -> EdgecError:
     return EdgecError(f"{where}: byte {offset}: {msg}")
 
 
+def peek_header(data: bytes) -> tuple[str, int] | None:
+    """(adapter name, slot) from a patch's header without any check (None if it has no header)."""
+    if len(data) < HEADER_BYTES or data[:4] != PATCH_MAGIC:
+        return None
+    fields = _HEADER.unpack_from(data)
+    return fields[7].split(b"\0")[0].decode("ascii", "replace"), fields[14]
+
+
 def decode_patch(data: bytes, where: str = "patch") -> Patch:
     """Parse and check the structure and the digest (not the signature, not the device binding)."""
     if len(data) < HEADER_BYTES + TRAILER_BYTES:

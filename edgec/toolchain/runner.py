@@ -34,7 +34,9 @@ RUNTIME_C = Path(__file__).resolve().parents[2] / "runtime_c"
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_count.c"
 
 HOST_CC = "gcc"
-COMMON_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror"]
+# EDGEC_FLASH_MEM: the OTA flash HAL on plain memory (runtime_c/ota/edgec_flash_mem.c), right for the host
+# and QEMU test builds; a real board brings its own flash driver instead.
+COMMON_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DEDGEC_FLASH_MEM"]
 INSTALL_HINT = (
     "install with: apt-get install -y --no-install-recommends "
     "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"

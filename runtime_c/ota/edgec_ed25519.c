@@ -2,8 +2,10 @@
  * edgec_ed25519.c - Ed25519 signature verification (RFC 8032 5.1.7). See edgec_ed25519.h.
  *
  * Field GF(p), p = 2^255 - 19: radix 2^25.5, ten unsigned 32-bit limbs f[i] of weight 2^ceil(25.5 i),
- * 26 bits for even i, 25 for odd i. Every field operation ends with a carry pass, so all values satisfy
- * f[i] < 2^(26 or 25) + 2^14; that bound keeps each 64-bit column sum of a product below 2^60.
+ * 26 bits for even i, 25 for odd i. Every field operation takes and returns limbs
+ * f[i] < 2^(26 or 25) + 2^14 (add and sub end with a carry pass, mul carries between its columns); that
+ * bound keeps each 64-bit column sum of a product below 2^60 (tests/test_ota_crypto.py checks it at the
+ * extremes).
  * A product is 100 32x32->64-bit multiply-accumulates (UMLAL on Cortex-M4), no carries inside
  * a column; 2^255 = 19 (mod p) folds the wrapped half. Only fe_tobytes reduces fully.
  *
@@ -35,9 +37,9 @@ static const fe base_x = {0x325d51au, 0x18b5823u, 0x0f6592au, 0x104a92du, 0x1a4b
 static const fe base_y = {0x2666658u, 0x1999999u, 0x0ccccccu, 0x1333333u, 0x1999999u,
                           0x0666666u, 0x3333333u, 0x0ccccccu, 0x2666666u, 0x1999999u};
 static const fe fe_one = {1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
-static const fe fe_zero = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 /* Group order L = 2^252 + 27742317777372353535851937790883648493 */
-static const uint32_t order[8] = {0x5cf5d3edu, 0x5812631au, 0xa2f79cd6u, 0x14def9deu, 0u, 0u, 0u, 0x10000000u};
+static const uint32_t order[8] = {0x5cf5d3edu, 0x5812631au, 0xa2f79cd6u, 0x14def9deu,
+                                  0u,          0u,          0u,          0x10000000u};
 
 static uint32_t load_le32(const uint8_t *p)
 {
@@ -53,6 +55,14 @@ static void store_le32(uint8_t *p, uint32_t x)
 }
 
 /* ---------------------------------------------------------------- field arithmetic mod p */
+
+/* For code size (fe_column), and to keep the one-shot steps (decoding, hashing) out of the frame that holds
+ * the scalar multiplication's tables. */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
 
 #define MASK26 0x3ffffffu
 #define MASK25 0x1ffffffu
@@ -70,7 +80,7 @@ static void fe_carry(fe h)
         c = h[i + 1] >> 25;
         h[i + 1] &= MASK25;
     }
-    h[0] += 19 * c; /* c < 2^5: h[0] < 2^26 + 2^10 */
+    h[0] += 19 * c; /* c < 2^4: h[0] < 2^26 + 2^9 */
 }
 
 static void fe_add(fe h, const fe f, const fe g)
@@ -92,12 +102,15 @@ static void fe_sub(fe h, const fe f, const fe g)
     fe_carry(h);
 }
 
-/* Column sum_i f[i] g[-i] of the product (10 multiply-accumulates, unrolled). */
-static uint64_t fe_column(const uint32_t *f, const uint32_t *g)
+/* Column sum_i f[i] g[-i] of the product: 10 multiply-accumulates, unrolled, out of line (one copy of
+ * the straight-line code for both column kinds). */
+NOINLINE static uint64_t fe_column(const uint32_t *f, const uint32_t *g)
 {
     uint64_t s = 0;
     unsigned i;
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC unroll 10
+#endif
     for (i = 0; i < 10; i++) {
         s += (uint64_t)f[i] * g[-(int)i];
     }
@@ -139,49 +152,35 @@ static void fe_sq(fe h, const fe f)
     fe_mul(h, f, f);
 }
 
-/* r += x (x < 2^32) as a 256-bit integer in 32-bit words; returns the carry out of bit 255. */
-static uint32_t add_small(uint32_t r[8], uint32_t x)
-{
-    uint64_t u = x;
-    unsigned i;
-    for (i = 0; i < 8 && u != 0; i++) {
-        u += r[i];
-        r[i] = (uint32_t)u;
-        u >>= 32;
-    }
-    return (uint32_t)u;
-}
-
 /* Canonical 32-byte little-endian encoding of f mod p (bit 255 clear). */
 static void fe_tobytes(uint8_t s[32], const fe f)
 {
-    uint32_t t[8], w[8];
-    uint64_t acc = 0;
-    unsigned i, j = 0, bits = 0;
+    fe t;
+    uint32_t q = 19;
+    unsigned i, pos = 0;
 
-    /* repack to 32-bit words: the invariant bound keeps f below 2^256 */
+    memcpy(t, f, sizeof t);
+    fe_carry(t); /* limbs 1..9 exact, t[0] < 2^26 + 2^9: t < 2^255 + 2^9 < 2p */
+    /* q = (t + 19) >> 255: 1 exactly if t >= p */
     for (i = 0; i < 10; i++) {
-        acc += (uint64_t)f[i] << bits;
-        bits += 26 - (i & 1);
-        for (; bits >= 32; bits -= 32) {
-            t[j++] = (uint32_t)acc;
-            acc >>= 32;
+        q = (t[i] + q) >> (26 - (i & 1));
+    }
+    /* t - q p = t + 19 q - 2^255 q: add 19 q, carry, drop the carry out of bit 255 */
+    t[0] += 19 * q;
+    for (i = 0; i < 9; i++) {
+        t[i + 1] += t[i] >> (26 - (i & 1));
+        t[i] &= (i & 1) ? MASK25 : MASK26;
+    }
+    t[9] &= MASK25;
+    /* limb i holds bits ceil(25.5 i) ..; shifted to its byte offset it still fits in 32 bits */
+    memset(s, 0, 32);
+    for (i = 0; i < 10; i++) {
+        uint32_t v = t[i] << (pos & 7);
+        unsigned k;
+        for (k = 0; k < 4 && (pos >> 3) + k < 32; k++) {
+            s[(pos >> 3) + k] |= (uint8_t)(v >> (8 * k));
         }
-    }
-    t[7] = (uint32_t)acc;
-    /* fold bit 255 (2^255 = 19), leaving t < 2^255 + 19 < 2p */
-    i = t[7] >> 31;
-    t[7] &= 0x7fffffffu;
-    (void)add_small(t, 19 * i);
-    /* t >= p  <=>  t + 19 >= 2^255; then t - p = t + 19 - 2^255 */
-    memcpy(w, t, sizeof w);
-    (void)add_small(w, 19);
-    if (w[7] >> 31) {
-        w[7] &= 0x7fffffffu;
-        memcpy(t, w, sizeof t);
-    }
-    for (i = 0; i < 8; i++) {
-        store_le32(s + 4 * i, t[i]);
+        pos += 26 - (i & 1);
     }
 }
 
@@ -322,26 +321,26 @@ static void ge_cache(ge_cached *r, const ge *p)
     fe_add(r->t2d, r->t2d, r->t2d);
 }
 
-/* table[j] = (2j+1) p for j = 0..3 */
-static void ge_odd_multiples(ge_cached table[4], const ge *p)
+/* table[j] = (2j+1) p for j = 0..3, computed in place: p is left at 7p. */
+static void ge_odd_multiples(ge_cached table[4], ge *p)
 {
-    ge q;
-    ge_cached p2;
     unsigned j;
 
-    ge_dbl(&q, p, 1);
-    ge_cache(&p2, &q);
-    memcpy(&q, p, sizeof q);
-    ge_cache(&table[0], &q);
+    ge_cache(&table[0], p);
+    ge_dbl(p, p, 1);
+    ge_cache(&table[3], p);                    /* 2p, until the last entry replaces it */
+    ge_add(p, p, &table[0], 0);                /* 3p */
     for (j = 1; j < 4; j++) {
-        ge_add(&q, &q, &p2, 0);
-        ge_cache(&table[j], &q);
+        if (j > 1) {
+            ge_add(p, p, &table[3], 0);
+        }
+        ge_cache(&table[j], p);
     }
 }
 
 /* RFC 8032 5.1.3 decoding. Returns 0 if y >= p, if x^2 = (y^2 - 1)/(d y^2 + 1) has no root, or for
  * x = 0 with the sign bit set. */
-static int ge_frombytes(ge *r, const uint8_t s[32])
+NOINLINE static int ge_frombytes(ge *r, const uint8_t s[32])
 {
     uint8_t check[32];
     fe u, v, v3, t;
@@ -389,14 +388,14 @@ static int ge_frombytes(ge *r, const uint8_t s[32])
 
 static void ge_tobytes(uint8_t s[32], const ge *p)
 {
-    fe zi, x, y;
+    fe zi, t;
     uint8_t sx[32];
 
     fe_pow(zi, p->z, 1);
-    fe_mul(x, p->x, zi);
-    fe_mul(y, p->y, zi);
-    fe_tobytes(s, y);
-    fe_tobytes(sx, x);
+    fe_mul(t, p->x, zi);
+    fe_tobytes(sx, t);
+    fe_mul(t, p->y, zi);
+    fe_tobytes(s, t);
     s[31] |= (uint8_t)((sx[0] & 1u) << 7);
 }
 
@@ -451,13 +450,13 @@ static void sc_reduce(uint8_t out[32], const uint8_t h[64])
     }
 }
 
-/* Width-4 NAF of a scalar below 2^253: s = sum naf[i] 2^i, digits 0 or odd in [-7, 7], and any
- * nonzero digit is followed by at least three zeros. */
-static void sc_naf(int8_t naf[256], const uint8_t s[32])
+/* Width-4 NAF of a scalar below 2^253: s = sum d[i] 2^i with digits 0 or odd in [-7, 7], a nonzero digit
+ * followed by at least three zeros. One 256-byte array holds the digits of two scalars as d[i] + 8 in
+ * the low (shift 0) or high (shift 4) nibble of naf[i]; the caller fills it with 0x88 (all zero). */
+static void sc_naf(uint8_t naf[256], const uint8_t s[32], unsigned shift)
 {
     unsigned i = 0, carry = 0;
 
-    memset(naf, 0, 256);
     while (i < 256) {
         unsigned v = s[i >> 3] >> (i & 7);
         if (((v & 1u) ^ carry) == 0) {
@@ -467,9 +466,10 @@ static void sc_naf(int8_t naf[256], const uint8_t s[32])
         if ((i >> 3) < 31) {
             v |= (unsigned)s[(i >> 3) + 1] << (8 - (i & 7));
         }
-        v = (v & 15u) + carry;                 /* odd, 1..15 */
+        v = (v & 15u) + carry;                 /* odd, 1..15: digit v or v - 16 */
         carry = v > 8;
-        naf[i] = (int8_t)(carry ? (int)v - 16 : (int)v);
+        /* the nibble 8 becomes 8 ^ v: v + 8 for v < 8, (v - 16) + 8 for v > 8 */
+        naf[i] ^= (uint8_t)(v << shift);
         i += 4;
     }
 }
@@ -477,7 +477,8 @@ static void sc_naf(int8_t naf[256], const uint8_t s[32])
 /* ---------------------------------------------------------------- verification */
 
 /* k = SHA-512(R || A || M) mod L */
-static void challenge(uint8_t k[32], const uint8_t sig[64], const uint8_t pub[32], const uint8_t *msg, size_t len)
+NOINLINE static void challenge(uint8_t k[32], const uint8_t sig[64], const uint8_t pub[32],
+                               const uint8_t *msg, size_t len)
 {
     edgec_sha512_ctx ctx;
     uint8_t h[EDGEC_SHA512_DIGEST_BYTES];
@@ -490,46 +491,55 @@ static void challenge(uint8_t k[32], const uint8_t sig[64], const uint8_t pub[32
     sc_reduce(k, h);
 }
 
+/* Encoding of [S]B - [k]A, written to out. a (A, decoded) is clobbered. The large tables live in this
+ * frame only, not in the frames of decoding and hashing. */
+NOINLINE static void double_scalarmult(uint8_t out[32], ge *a, const uint8_t s[32], const uint8_t k[32])
+{
+    ge_cached table_a[4], table_b[4];
+    uint8_t naf[256];
+    ge *p = a;
+    int i;
+
+    ge_odd_multiples(table_a, a);
+    memcpy(p->x, base_x, sizeof p->x);
+    memcpy(p->y, base_y, sizeof p->y);
+    memcpy(p->z, fe_one, sizeof p->z);
+    fe_mul(p->t, base_x, base_y);
+    ge_odd_multiples(table_b, p);
+    memset(naf, 0x88, sizeof naf);
+    sc_naf(naf, s, 0);
+    sc_naf(naf, k, 4);
+
+    /* joint double-and-add from the top nonzero digit down, starting at the neutral element */
+    memset(p, 0, sizeof *p);
+    p->y[0] = 1;
+    p->z[0] = 1;
+    for (i = 255; i >= 0 && naf[i] == 0x88u; i--) {
+    }
+    for (; i >= 0; i--) {
+        int ds = (naf[i] & 15) - 8, dk = (naf[i] >> 4) - 8;
+        ge_dbl(p, p, naf[i] != 0x88u);
+        if (ds != 0) {
+            ge_add(p, p, &table_b[(ds < 0 ? -ds : ds) >> 1], ds < 0);
+        }
+        if (dk != 0) {
+            ge_add(p, p, &table_a[(dk < 0 ? -dk : dk) >> 1], dk > 0); /* subtracts [k]A */
+        }
+    }
+    ge_tobytes(out, p);
+}
+
 int edgec_ed25519_verify(const uint8_t sig[64], const uint8_t pub[32], const uint8_t *msg, size_t len)
 {
-    ge a, p;
-    ge_cached table_a[4], table_b[4];
-    int8_t naf_s[256], naf_k[256];
-    uint8_t k[32];
-    int i;
+    ge a;
+    uint8_t k[32], check[32];
 
     if (!sc_is_canonical(sig + 32) || !ge_frombytes(&a, pub)) {
         return 0;
     }
     challenge(k, sig, pub, msg, len);
-    sc_naf(naf_s, sig + 32);
-    sc_naf(naf_k, k);
-
-    memcpy(p.x, base_x, sizeof p.x);
-    memcpy(p.y, base_y, sizeof p.y);
-    memcpy(p.z, fe_one, sizeof p.z);
-    fe_mul(p.t, base_x, base_y);
-    ge_odd_multiples(table_b, &p);
-    ge_odd_multiples(table_a, &a);
-
-    /* p = [S]B - [k]A, from the top nonzero digit down */
-    memset(&p, 0, sizeof p);
-    p.y[0] = 1;
-    p.z[0] = 1;
-    for (i = 255; i >= 0 && naf_s[i] == 0 && naf_k[i] == 0; i--) {
-    }
-    for (; i >= 0; i--) {
-        ge_dbl(&p, &p, naf_s[i] != 0 || naf_k[i] != 0);
-        if (naf_s[i] != 0) {
-            ge_add(&p, &p, &table_b[(naf_s[i] < 0 ? -naf_s[i] : naf_s[i]) >> 1], naf_s[i] < 0);
-        }
-        if (naf_k[i] != 0) {
-            ge_add(&p, &p, &table_a[(naf_k[i] < 0 ? -naf_k[i] : naf_k[i]) >> 1], naf_k[i] > 0);
-        }
-    }
-
+    double_scalarmult(check, &a, sig + 32, k);
     /* Cofactorless check [S]B = R + [k]A, compared as encodings: since a point has exactly one
      * encoding, this also rejects an R that is non-canonical or not on the curve. */
-    ge_tobytes(k, &p);
-    return memcmp(k, sig, 32) == 0;
+    return memcmp(check, sig, 32) == 0;
 }

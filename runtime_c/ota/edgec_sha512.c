@@ -5,8 +5,9 @@
 
 #include <string.h>
 
-/* FIPS 180-4 4.2.3: first 64 bits of the fractional parts of the cube roots of the first 80 primes. */
-static const uint64_t K[80] = {
+/* K (FIPS 180-4 4.2.3): first 64 bits of the fractional parts of the cube roots of the first 80 primes,
+ * then H(0) (5.3.5): the same of the square roots of the first 8 primes. */
+const uint64_t edgec_sha512_constants[88] = {
     0x428a2f98d728ae22ull, 0x7137449123ef65cdull, 0xb5c0fbcfec4d3b2full, 0xe9b5dba58189dbbcull,
     0x3956c25bf348b538ull, 0x59f111f1b605d019ull, 0x923f82a4af194f9bull, 0xab1c5ed5da6d8118ull,
     0xd807aa98a3030242ull, 0x12835b0145706fbeull, 0x243185be4ee4b28cull, 0x550c7dc3d5ffb4e2ull,
@@ -26,11 +27,7 @@ static const uint64_t K[80] = {
     0xca273eceea26619cull, 0xd186b8c721c0c207ull, 0xeada7dd6cde0eb1eull, 0xf57d4f7fee6ed178ull,
     0x06f067aa72176fbaull, 0x0a637dc5a2c898a6ull, 0x113f9804bef90daeull, 0x1b710b35131c471bull,
     0x28db77f523047d84ull, 0x32caab7b40c72493ull, 0x3c9ebe0a15c9bebcull, 0x431d67c49c100d4cull,
-    0x4cc5d4becb3e42b6ull, 0x597f299cfc657e2aull, 0x5fcb6fab3ad6faecull, 0x6c44198c4a475817ull
-};
-
-/* FIPS 180-4 5.3.5: first 64 bits of the fractional parts of the square roots of the first 8 primes. */
-static const uint64_t H0[8] = {
+    0x4cc5d4becb3e42b6ull, 0x597f299cfc657e2aull, 0x5fcb6fab3ad6faecull, 0x6c44198c4a475817ull,
     0x6a09e667f3bcc908ull, 0xbb67ae8584caa73bull, 0x3c6ef372fe94f82bull, 0xa54ff53a5f1d36f1ull,
     0x510e527fade682d1ull, 0x9b05688c2b3e6c1full, 0x1f83d9abfb41bd6bull, 0x5be0cd19137e2179ull
 };
@@ -88,7 +85,8 @@ static void compress(uint64_t state[8], const uint8_t block[128])
         b = v[(1 - i) & 7];
         c = v[(2 - i) & 7];
         e = v[(4 - i) & 7];
-        t1 = v[(7 - i) & 7] + sigma(e, 1) + ((e & v[(5 - i) & 7]) ^ (~e & v[(6 - i) & 7])) + K[i] + w[i & 15];
+        t1 = v[(7 - i) & 7] + sigma(e, 1) + ((e & v[(5 - i) & 7]) ^ (~e & v[(6 - i) & 7])) +
+             edgec_sha512_constants[i] + w[i & 15];
         t2 = sigma(a, 0) + ((a & b) ^ (a & c) ^ (b & c));
         v[(3 - i) & 7] += t1;    /* d + t1: the next round's e */
         v[(7 - i) & 7] = t1 + t2; /* the next round's a */
@@ -100,7 +98,7 @@ static void compress(uint64_t state[8], const uint8_t block[128])
 
 void edgec_sha512_init(edgec_sha512_ctx *ctx)
 {
-    memcpy(ctx->state, H0, sizeof ctx->state);
+    memcpy(ctx->state, edgec_sha512_constants + 80, sizeof ctx->state);
     ctx->count = 0;
 }
 
@@ -108,15 +106,16 @@ void edgec_sha512_update(edgec_sha512_ctx *ctx, const uint8_t *data, size_t len)
 {
     size_t used = (size_t)(ctx->count & 127u);
 
+    if (len == 0) {
+        return; /* data may be NULL */
+    }
     ctx->count += len;
     if (used != 0) {
         size_t take = 128 - used;
         if (take > len) {
             take = len;
         }
-        if (take != 0) {
-            memcpy(ctx->buf + used, data, take);
-        }
+        memcpy(ctx->buf + used, data, take);
         data += take;
         len -= take;
         if (used + take < 128) {
@@ -134,20 +133,18 @@ void edgec_sha512_update(edgec_sha512_ctx *ctx, const uint8_t *data, size_t len)
 
 void edgec_sha512_final(edgec_sha512_ctx *ctx, uint8_t out[EDGEC_SHA512_DIGEST_BYTES])
 {
-    size_t used = (size_t)(ctx->count & 127u);
+    static const uint8_t pad[2] = {0x80, 0};
+    uint8_t len[16];
     unsigned i;
 
-    /* FIPS 180-4 5.1.2: a 1 bit, zeros up to 112 mod 128 bytes, the length in bits (128-bit BE). */
-    ctx->buf[used++] = 0x80;
-    if (used > 112) {
-        memset(ctx->buf + used, 0, 128 - used);
-        compress(ctx->state, ctx->buf);
-        used = 0;
+    /* FIPS 180-4 5.1.2: a 1 bit, zeros up to 112 mod 128 bytes, the length in bits (128-bit BE) */
+    store_be64(len, ctx->count >> 61);
+    store_be64(len + 8, ctx->count << 3);
+    edgec_sha512_update(ctx, pad, 1);
+    while ((ctx->count & 127u) != 112) {
+        edgec_sha512_update(ctx, pad + 1, 1);
     }
-    memset(ctx->buf + used, 0, 112 - used);
-    store_be64(ctx->buf + 112, ctx->count >> 61);
-    store_be64(ctx->buf + 120, ctx->count << 3);
-    compress(ctx->state, ctx->buf);
+    edgec_sha512_update(ctx, len, 16);
     for (i = 0; i < 8; i++) {
         store_be64(out + 8 * i, ctx->state[i]);
     }
