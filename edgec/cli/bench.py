@@ -81,12 +81,12 @@ def ota_code_size(target: dict, work: Path) -> dict:
 
 def ota_patch_cost(models_dir: Path, target_name: str, work: Path, progress=print) -> dict:
     """Instructions (QEMU) for the device to receive, hash, verify and program a patch of about 4 KB: a
-    synthetic rank-3 adapter on the KWS model's conv/FC layers."""
+    synthetic rank-2 adapter on the KWS model's conv/FC layers."""
     from edgec.ota.keys import generate_keypair
     from edgec.ota.patch import create_patch
 
     model = models_dir / "kws_ref_model.tflite"
-    mapping = synthetic_adapter(read_tflite(model), work / "adapter", rank=3, seed=5)
+    mapping = synthetic_adapter(read_tflite(model), work / "adapter", rank=2, seed=5)
     (work / "map.json").write_text(json.dumps(mapping))
     key, pub = generate_keypair(work / "key")
     progress("kws_ref_model: OTA build and a signed patch")
