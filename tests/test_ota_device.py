@@ -617,8 +617,8 @@ def test_power_cut_at_every_flash_operation(work, crypto_objs, write_bytes: int,
 def test_fuzz_mutated_patches(work, crypto_objs) -> None:
     """100,000 mutants of valid patches (bit flips, byte sets, insertions, deletions, splices, truncations,
     32-bit fields set to boundary values), random chunking, under ASan/UBSan: none is accepted, the active
-    bank, slot state and counter pages never change. (A deterministic mutation loop in the driver: clang and
-    libFuzzer are not installed.)"""
+    bank, slot state and counter pages never change. (A deterministic mutation loop in the gcc-built driver;
+    test_libfuzzer_mutated_patches does the same with libFuzzer's coverage-guided mutations.)"""
     run = Run(work, crypto_objs, "fuzz", 8, _region([(0, 4)]))
     pats = [run.file("p0", _patch(_tables(30), 5)), run.file("p1", _patch(_tables(31, rank=1), 6, slot=1)),
             run.file("p2", _patch(_tables(32), 7, key=KEY_B))]
@@ -755,3 +755,36 @@ int main(void)
     subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-O1", *SAN, f"-I{OTA_DIR}", str(d / "t.c"),
                     str(OTA_DIR / "edgec_ota.c"), *map(str, crypto_objs), "-o", str(exe)], check=True)
     assert subprocess.run([str(exe)], capture_output=True, text=True, check=False).stdout.strip() == "OK"
+
+
+def test_libfuzzer_mutated_patches(work) -> None:
+    """libFuzzer (clang -fsanitize=fuzzer,address,undefined) mutates valid patches 100,000 times through the
+    receiver (tests/ota/ota_fuzz.c): no crash, no undefined behaviour, nothing but the valid patches accepted,
+    and a rejected patch leaves every slot's bank, the slot state and the counter pages unchanged."""
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang not found (scripts/setup.sh installs clang and libclang-rt-14-dev for libFuzzer)")
+    d = work / "libfuzzer"
+    (d / "corpus").mkdir(parents=True, exist_ok=True)
+    (d / "ota_cfg.h").write_text(_config_header(8))
+    exe = d / "ota_fuzz"
+    res = subprocess.run([clang, "-std=c99", "-O1", "-g", "-fsanitize=fuzzer,address,undefined",
+                          "-fno-sanitize-recover=all", f"-I{d}", f"-I{OTA_DIR}", str(DRIVER.parent / "ota_fuzz.c"),
+                          str(OTA_DIR / "edgec_ota.c"), *(str(OTA_DIR / c) for c in CRYPTO), "-o", str(exe)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0 and "libclang_rt.fuzzer" in res.stderr:
+        pytest.skip("clang has no libFuzzer runtime (install libclang-rt-14-dev)")
+    assert res.returncode == 0, res.stderr
+    valid = [_patch(_tables(30), 5), _patch(_tables(31, rank=1), 6, slot=1), _patch(_tables(32), 7, key=KEY_B)]
+    for i, p in enumerate(valid):
+        (d / "corpus" / f"seed{i}").write_bytes(p)
+    (d / "valid.bin").write_bytes(b"".join(struct.pack("<I", len(p)) + p for p in valid))
+    (d / "region.bin").write_bytes(_region([(0, 4)]))
+    env = {**os.environ, "OTA_FUZZ_REGION": str(d / "region.bin"), "OTA_FUZZ_VALID": str(d / "valid.bin"),
+           "ASAN_OPTIONS": "detect_leaks=0"}
+    res = subprocess.run([str(exe), "-runs=100000", "-seed=1", "-max_len=1024", str(d / "corpus")],
+                         capture_output=True, text=True, env=env, timeout=600, check=False, cwd=d)
+    tail = res.stderr.strip().splitlines()[-3:]
+    print(*tail, sep="\n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any("Done 100000 runs" in line for line in tail)
