@@ -82,3 +82,20 @@ def assert_matches_tflm(model: bytes, n_inputs: int = 10, seed: int = 0,
                 idx = np.argwhere(g != w)[0]
                 raise AssertionError(f"input set {r}, output {o}: {int((g != w).sum())} of {g.size} elements differ; "
                                      f"first at {tuple(idx)}: edgec {g[tuple(idx)]} vs TFLM {w[tuple(idx)]}")
+
+
+def kws_with_adapters(work: Path, adapters: dict[str, tuple[int, int]]):
+    """The MLPerf KWS model from ../shared/models (skips when absent), its graph, and synthetic PEFT adapters
+    NAME -> (rank, seed) written to work/NAME on all its conv/FC layers; the --adapter-map (the same for
+    every adapter) goes to work/map.json. Returns (model path, graph)."""
+    import json
+
+    from edgec.frontends.peft_writer import synthetic_adapter
+    from edgec.frontends.tflite_reader import read_tflite
+
+    model = shared_model("tflite/kws_ref_model.tflite")
+    graph = read_tflite(model)
+    for name, (rank, seed) in adapters.items():
+        mapping = synthetic_adapter(graph, work / name, rank=rank, seed=seed)
+    (work / "map.json").write_text(json.dumps(mapping))
+    return model, graph

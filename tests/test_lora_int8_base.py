@@ -13,15 +13,13 @@ import pytest
 
 from edgec.cli.verify import _dequantized, accuracy, run_project
 from edgec.frontends.peft_reader import read_adapter
-from edgec.frontends.peft_writer import synthetic_adapter
-from edgec.frontends.tflite_reader import read_tflite
 from edgec.oracle.ir_export import graph_to_tflite
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.passes.lora_slots import merged_graph
 from edgec.pipeline import build_model
 from edgec.targets import load_target
 from edgec.toolchain.runner import ToolchainError, ensure_tools
-from support import shared_model
+from support import kws_with_adapters, shared_model
 
 ONE = 1 << 16
 # Slots output vs TFLM on the dequantize-merge-requantize graph (docs/adapters.md): that reference rounds
@@ -31,12 +29,9 @@ MIN_SQNR_DB = 22.0
 
 @pytest.fixture(scope="module")
 def kws(tmp_path_factory) -> dict:
-    model = shared_model("tflite/kws_ref_model.tflite")
     work = tmp_path_factory.mktemp("int8_base")
-    graph = read_tflite(model)
-    mapping = synthetic_adapter(graph, work / "a", rank=4, seed=1)
-    synthetic_adapter(graph, work / "b", rank=2, seed=2)
-    (work / "map.json").write_text(json.dumps(mapping))
+    model, graph = kws_with_adapters(work, {"a": (4, 1), "b": (2, 2)})
+    mapping = json.loads((work / "map.json").read_text())
     built = build_model(model, "cortex-m4", work / "slots", adapters=[("a", work / "a"), ("b", work / "b")],
                         adapter_mode="slots", adapter_map=work / "map.json")
     # MFCC-like int8 inputs around the zero point (full-range noise saturates the softmax).

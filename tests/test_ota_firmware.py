@@ -16,28 +16,21 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edgec.cli.main import main
 from edgec.cli.verify import run_project
-from edgec.frontends.peft_writer import synthetic_adapter
-from edgec.frontends.tflite_reader import read_tflite
 from edgec.ota import format as fmt
 from edgec.ota.keys import generate_keypair
 from edgec.ota.patch import create_patch
 from edgec.pipeline import build
 from edgec.targets import load_target
 from edgec.toolchain.runner import ToolchainError, ensure_tools
-from support import shared_model
+from support import kws_with_adapters
 
 ONE = 1 << 16
 
 
 @pytest.fixture(scope="module")
 def fw(tmp_path_factory) -> dict:
-    model = shared_model("tflite/kws_ref_model.tflite")
     work = tmp_path_factory.mktemp("ota_fw")
-    graph = read_tflite(model)
-    mapping = synthetic_adapter(graph, work / "a", rank=4, seed=1)
-    synthetic_adapter(graph, work / "b", rank=2, seed=2)
-    synthetic_adapter(graph, work / "c", rank=4, seed=3)
-    (work / "map.json").write_text(json.dumps(mapping))
+    model, graph = kws_with_adapters(work, {"a": (4, 1), "b": (2, 2), "c": (4, 3)})
     key, pub = generate_keypair(work / "key")
     opts = {"adapter_mode": "slots", "adapter_map": work / "map.json"}
     report = build(model, "cortex-m4", work / "ota", adapters=[("a", work / "a"), ("b", work / "b")],

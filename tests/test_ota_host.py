@@ -21,7 +21,7 @@ from edgec.frontends.peft_writer import synthetic_adapter
 from edgec.frontends.tflite_reader import read_tflite
 from edgec.ota import format as fmt
 from edgec.pipeline import build
-from support import shared_model
+from support import kws_with_adapters, shared_model
 
 
 def _cli(*args) -> tuple[int, str]:
@@ -32,13 +32,8 @@ def _cli(*args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def ota(tmp_path_factory) -> dict:
     """The int8 KWS model with two synthetic adapters in slots (a in slot 0, b in slot 1, one empty slot)."""
-    model = shared_model("tflite/kws_ref_model.tflite")
     work = tmp_path_factory.mktemp("ota")
-    graph = read_tflite(model)
-    mapping = synthetic_adapter(graph, work / "a", rank=4, seed=1)
-    synthetic_adapter(graph, work / "b", rank=2, seed=2)
-    synthetic_adapter(graph, work / "c", rank=4, seed=3)
-    (work / "map.json").write_text(json.dumps(mapping))
+    model, _ = kws_with_adapters(work, {"a": (4, 1), "b": (2, 2), "c": (4, 3)})
     report = build(model, "host", work / "out", adapters=[("a", work / "a"), ("b", work / "b")],
                    adapter_mode="slots", adapter_map=work / "map.json", slots=3)
     code, out = _cli("keygen", "-o", work / "key", "--json")
