@@ -451,3 +451,21 @@ def patch_verify_cmd(patch_file: Path, pub_path: Path, build_dir: Path | None, a
     else:
         click.echo(f"{patch_file}: valid: adapter {result['adapter']} {result['version']}, slot {result['slot']}, "
                    f"counter {result['security_counter']}")
+
+
+@main.command("privacy")
+@click.option("--steps", type=int, required=True, help="DP-SGD steps.")
+@click.option("--sample-rate", type=float, required=True, help="Poisson sampling rate q (batch / dataset size).")
+@click.option("--noise", type=float, required=True, help="Noise multiplier sigma (noise std = sigma * clip norm).")
+@click.option("--delta", type=float, required=True, help="Target delta (below 1 / dataset size).")
+@click.option("--json", "as_json", is_flag=True)
+def privacy_cmd(steps: int, sample_rate: float, noise: float, delta: float, as_json: bool) -> None:
+    """Epsilon of DP-SGD training (RDP and PLD accountants of Google's dp-accounting)."""
+    from edgec.train.privacy import dp_sgd_epsilon
+
+    result = dp_sgd_epsilon(steps, sample_rate, noise, delta)
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"{steps} steps, q = {sample_rate}, sigma = {noise}: ({result['epsilon_rdp']:.4g}, {delta:g})-DP "
+                   f"by RDP, ({result['epsilon_pld']:.4g}, {delta:g})-DP by PLD")
