@@ -1,0 +1,146 @@
+/* edgec_train.c - see edgec_train.h. Plain loops in float32; math.h for expf, logf, sqrtf, powf. */
+#include "edgec_train.h"
+
+#include <math.h>
+#include <stddef.h>
+
+void edgec_train_fc_forward(const edgec_train_fc_t *l, const float *x, float *t, float *y)
+{
+    int i, j;
+    for (j = 0; j < l->r; j++) {
+        float acc = 0.0f;
+        for (i = 0; i < l->k; i++) {
+            acc += l->a[j * l->k + i] * x[i];
+        }
+        t[j] = acc;
+    }
+    for (j = 0; j < l->o; j++) {
+        float acc = 0.0f, lora = 0.0f;
+        for (i = 0; i < l->k; i++) {
+            acc += (float)l->wq[j * l->k + i] * x[i];
+        }
+        for (i = 0; i < l->r; i++) {
+            lora += l->b[j * l->r + i] * t[i];
+        }
+        y[j] = acc * l->ws[j] + (l->bias ? l->bias[j] : 0.0f) + l->scale * lora;
+    }
+}
+
+void edgec_train_fc_backward(const edgec_train_fc_t *l, const float *x, const float *t, const float *gy,
+                             float *gx, float *ga, float *gb, float *gt)
+{
+    int i, j;
+    /* gt = scale * B^T gy; gb += scale * gy t^T */
+    for (j = 0; j < l->r; j++) {
+        float acc = 0.0f;
+        for (i = 0; i < l->o; i++) {
+            acc += l->b[i * l->r + j] * gy[i];
+        }
+        gt[j] = l->scale * acc;
+    }
+    if (gb != NULL) {
+        for (i = 0; i < l->o; i++) {
+            for (j = 0; j < l->r; j++) {
+                gb[i * l->r + j] += l->scale * gy[i] * t[j];
+            }
+        }
+    }
+    /* ga += gt x^T */
+    if (ga != NULL) {
+        for (j = 0; j < l->r; j++) {
+            for (i = 0; i < l->k; i++) {
+                ga[j * l->k + i] += gt[j] * x[i];
+            }
+        }
+    }
+    /* gx = W^T gy + A^T gt */
+    if (gx != NULL) {
+        for (i = 0; i < l->k; i++) {
+            float acc = 0.0f;
+            for (j = 0; j < l->o; j++) {
+                acc += (float)l->wq[j * l->k + i] * l->ws[j] * gy[j];
+            }
+            for (j = 0; j < l->r; j++) {
+                acc += l->a[j * l->k + i] * gt[j];
+            }
+            gx[i] = acc;
+        }
+    }
+}
+
+void edgec_train_relu_backward(const float *y, float *g, int n, int relu6)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        if (y[i] <= 0.0f || (relu6 && y[i] >= 6.0f)) {
+            g[i] = 0.0f;
+        }
+    }
+}
+
+float edgec_train_softmax_xent(const float *z, int n, int target, float *gz)
+{
+    float zmax = z[0], sum = 0.0f;
+    int i;
+    for (i = 1; i < n; i++) {
+        zmax = z[i] > zmax ? z[i] : zmax;
+    }
+    for (i = 0; i < n; i++) {
+        gz[i] = expf(z[i] - zmax);
+        sum += gz[i];
+    }
+    for (i = 0; i < n; i++) {
+        gz[i] /= sum;
+    }
+    gz[target] -= 1.0f;
+    return logf(sum) + zmax - z[target];
+}
+
+float edgec_train_mse(const float *y, const float *t, int n, float *gy)
+{
+    float loss = 0.0f;
+    int i;
+    for (i = 0; i < n; i++) {
+        float d = y[i] - t[i];
+        loss += d * d;
+        gy[i] = 2.0f * d / (float)n;
+    }
+    return loss / (float)n;
+}
+
+float edgec_train_clip(float *g, int n, float c)
+{
+    float sq = 0.0f, norm;
+    int i;
+    for (i = 0; i < n; i++) {
+        sq += g[i] * g[i];
+    }
+    norm = sqrtf(sq);
+    if (norm > c) {
+        float f = c / norm;
+        for (i = 0; i < n; i++) {
+            g[i] *= f;
+        }
+    }
+    return norm;
+}
+
+void edgec_train_sgd(float *p, const float *g, int n, float lr)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        p[i] -= lr * g[i];
+    }
+}
+
+void edgec_train_adam(float *p, const float *g, float *m, float *v, int n, float lr, float beta1, float beta2,
+                      float eps, int step)
+{
+    const float c1 = 1.0f - powf(beta1, (float)step), c2 = 1.0f - powf(beta2, (float)step);
+    int i;
+    for (i = 0; i < n; i++) {
+        m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+        v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+        p[i] -= lr * (m[i] / c1) / (sqrtf(v[i] / c2) + eps);
+    }
+}

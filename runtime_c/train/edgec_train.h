@@ -1,0 +1,64 @@
+/*
+ * edgec_train.h - float32 building blocks of an on-device training step for LoRA adapter tensors.
+ *
+ * The base model stays frozen in int8 (weights wq with per-output-channel scales ws: W = wq * ws); the adapter
+ * of a layer is trained in float32: y = W x + bias + s * B (A x), A [R, K], B [O, R], s the adapter's scale.
+ * Training runs one sample at a time (so DP-SGD can clip each sample's gradient): a forward pass that keeps
+ * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
+ * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
+ * here allocates. Status: fully-connected layers, ReLU, softmax + cross-entropy, MSE, clipping, SGD and Adam
+ * (docs/training.md); convolutions come next.
+ */
+#ifndef EDGEC_TRAIN_H
+#define EDGEC_TRAIN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A fully-connected layer with a LoRA adapter. */
+typedef struct {
+    int k, o, r;           /* input features, outputs, adapter rank */
+    const int8_t *wq;      /* [o, k] frozen int8 weights */
+    const float *ws;       /* [o] per-output-channel weight scales */
+    const float *bias;     /* [o] or NULL */
+    const float *a, *b;    /* [r, k], [o, r] adapter tensors (trained) */
+    float scale;           /* adapter scale (lora_alpha / r) */
+} edgec_train_fc_t;
+
+/* y[o] = W x + bias + scale * B t with t = A x (t [r] is kept for the backward pass). */
+void edgec_train_fc_forward(const edgec_train_fc_t *l, const float *x, float *t, float *y);
+
+/* From gy = dL/dy: ga += dL/dA, gb += dL/dB (either may be NULL: that tensor is not trained), and gx = dL/dx
+ * when gx is not NULL. gt [r] is scratch. */
+void edgec_train_fc_backward(const edgec_train_fc_t *l, const float *x, const float *t, const float *gy,
+                             float *gx, float *ga, float *gb, float *gt);
+
+/* ReLU / ReLU6 backward in place: g[i] = 0 where the forward output y[i] was clamped (y <= 0, or y >= 6
+ * for ReLU6 with relu6 != 0). */
+void edgec_train_relu_backward(const float *y, float *g, int n, int relu6);
+
+/* Cross-entropy of softmax(z) against class `target`; gz = softmax(z) - onehot(target). Returns the loss. */
+float edgec_train_softmax_xent(const float *z, int n, int target, float *gz);
+
+/* Mean squared error of y against t; gy = 2 (y - t) / n. Returns the loss. */
+float edgec_train_mse(const float *y, const float *t, int n, float *gy);
+
+/* Scale g (the concatenated gradients of one sample) so that its L2 norm is at most c (DP-SGD clipping).
+ * Returns the norm before clipping. */
+float edgec_train_clip(float *g, int n, float c);
+
+/* p -= lr * g. */
+void edgec_train_sgd(float *p, const float *g, int n, float lr);
+
+/* Adam (Kingma & Ba) step `step` (1-based) with moments m, v. */
+void edgec_train_adam(float *p, const float *g, float *m, float *v, int n, float lr, float beta1, float beta2,
+                      float eps, int step);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEC_TRAIN_H */

@@ -1,0 +1,95 @@
+/*
+ * train_driver.c - gradient and optimizer checks for runtime_c/train (tests/test_train_kernels.py).
+ *
+ * stdin: int32 K, H, O, R1, R2, target, loss (0 softmax + cross-entropy, 1 MSE), relu6; float32 s1, s2;
+ * int8 wq1[H K]; float32 ws1[H], bias1[H], a1[R1 K], b1[H R1]; int8 wq2[O H]; float32 ws2[O], bias2[O],
+ * a2[R2 H], b2[O R2], x[K], y_target[O].
+ * The model: FC1 (+ adapter) -> ReLU (ReLU6) -> FC2 (+ adapter) -> loss, one sample.
+ * stdout: float32 loss, ga1, gb1, ga2, gb2, gx[K].
+ *
+ * `train_driver opt`: stdin int32 n, steps; float32 lr, beta1, beta2, eps, clip; p[n], then g[n] per step.
+ * stdout: float32 p after `steps` SGD steps, p after `steps` Adam steps, the last g clipped to norm `clip`,
+ * and its norm before clipping.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "edgec_train.h"
+
+static void *take(size_t bytes)
+{
+    void *p = calloc(bytes ? bytes : 1, 1);
+    if (p == NULL || (bytes && fread(p, 1, bytes, stdin) != bytes)) {
+        fprintf(stderr, "train_driver: short input\n");
+        exit(2);
+    }
+    return p;
+}
+
+#define F(n) ((float *)take(sizeof(float) * (size_t)(n)))
+
+static int optimizers(void)
+{
+    int *hdr = (int *)take(2 * sizeof(int));
+    int n = hdr[0], steps = hdr[1], s;
+    float *c = F(5), *p = F(n), *p_sgd = calloc((size_t)n, sizeof(float)), *m = calloc((size_t)n, sizeof(float));
+    float *v = calloc((size_t)n, sizeof(float)), *g = NULL, norm;
+    for (s = 0; s < n; s++) {
+        p_sgd[s] = p[s];
+    }
+    for (s = 1; s <= steps; s++) {
+        g = F(n);
+        edgec_train_sgd(p_sgd, g, n, c[0]);
+        edgec_train_adam(p, g, m, v, n, c[0], c[1], c[2], c[3], s);
+    }
+    norm = edgec_train_clip(g, n, c[4]);
+    fwrite(p_sgd, sizeof(float), (size_t)n, stdout);
+    fwrite(p, sizeof(float), (size_t)n, stdout);
+    fwrite(g, sizeof(float), (size_t)n, stdout);
+    fwrite(&norm, sizeof norm, 1, stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int *dims;
+    (void)argv;
+    if (argc > 1) {
+        return optimizers();
+    }
+    dims = (int *)take(8 * sizeof(int));
+    int k = dims[0], h = dims[1], o = dims[2], r1 = dims[3], r2 = dims[4], target = dims[5];
+    float *scales = F(2);
+    edgec_train_fc_t l1, l2;
+    float *x, *yt, *t1, *z1, *t2, *z2, *gz2, *gz1, *gt, *gx, *ga1, *gb1, *ga2, *gb2, loss;
+
+    l1.k = k; l1.o = h; l1.r = r1; l1.scale = scales[0];
+    l1.wq = (const int8_t *)take((size_t)(h * k)); l1.ws = F(h); l1.bias = F(h); l1.a = F(r1 * k); l1.b = F(h * r1);
+    l2.k = h; l2.o = o; l2.r = r2; l2.scale = scales[1];
+    l2.wq = (const int8_t *)take((size_t)(o * h)); l2.ws = F(o); l2.bias = F(o); l2.a = F(r2 * h); l2.b = F(o * r2);
+    x = F(k);
+    yt = F(o);
+    t1 = calloc((size_t)r1, sizeof(float)); z1 = calloc((size_t)h, sizeof(float)); t2 = calloc((size_t)r2, sizeof(float));
+    z2 = calloc((size_t)o, sizeof(float)); gz2 = calloc((size_t)o, sizeof(float)); gz1 = calloc((size_t)h, sizeof(float));
+    gt = calloc((size_t)(r1 > r2 ? r1 : r2), sizeof(float)); gx = calloc((size_t)k, sizeof(float));
+    ga1 = calloc((size_t)(r1 * k), sizeof(float)); gb1 = calloc((size_t)(h * r1), sizeof(float));
+    ga2 = calloc((size_t)(r2 * h), sizeof(float)); gb2 = calloc((size_t)(o * r2), sizeof(float));
+
+    edgec_train_fc_forward(&l1, x, t1, z1);
+    for (int i = 0; i < h; i++) {
+        z1[i] = z1[i] < 0.0f ? 0.0f : (dims[7] && z1[i] > 6.0f ? 6.0f : z1[i]);
+    }
+    edgec_train_fc_forward(&l2, z1, t2, z2);
+    loss = dims[6] == 0 ? edgec_train_softmax_xent(z2, o, target, gz2) : edgec_train_mse(z2, yt, o, gz2);
+    edgec_train_fc_backward(&l2, z1, t2, gz2, gz1, ga2, gb2, gt);
+    edgec_train_relu_backward(z1, gz1, h, dims[7]);
+    edgec_train_fc_backward(&l1, x, t1, gz1, gx, ga1, gb1, gt);
+
+    fwrite(&loss, sizeof loss, 1, stdout);
+    fwrite(ga1, sizeof(float), (size_t)(r1 * k), stdout);
+    fwrite(gb1, sizeof(float), (size_t)(h * r1), stdout);
+    fwrite(ga2, sizeof(float), (size_t)(r2 * h), stdout);
+    fwrite(gb2, sizeof(float), (size_t)(o * r2), stdout);
+    fwrite(gx, sizeof(float), (size_t)k, stdout);
+    return 0;
+}
