@@ -119,3 +119,75 @@ def test_optimizers_and_clipping_match_torch(driver: Path) -> None:
     want_norm = float(torch.nn.utils.clip_grad_norm_([param], clip))
     assert abs(norm - want_norm) < 1e-5 * want_norm and want_norm > clip
     assert np.abs(clipped - param.grad.numpy()).max() < 1e-6
+
+
+def _conv_layer(rng, h, w, c, oc, k, stride, pad, depthwise, r) -> dict:
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    wf = rng.normal(0, 0.3, (k, k, oc) if depthwise else (oc, k, k, c))
+    axis = (0, 1) if depthwise else (1, 2, 3)
+    ws = np.abs(wf).max(axis=axis) / 127
+    wq = np.clip(np.round(wf / (ws if depthwise else ws[:, None, None, None])), -127, 127).astype(np.int8)
+    return {"dims": (h, w, c, oh, ow, oc, k, k, stride, stride, pad, pad, int(depthwise), r), "scale": 0.5,
+            "wq": wq, "ws": ws.astype(np.float32), "bias": rng.normal(0, 0.1, oc).astype(np.float32),
+            "a": rng.normal(0, 0.3, (r, k, k, c)).astype(np.float32),
+            "b": rng.normal(0, 0.3, (oc, r)).astype(np.float32)}
+
+
+def _torch_conv(layer: dict, x, a, b):
+    """NHWC x [1, h, w, c] (torch tensor) through the layer (float64), NHWC out."""
+    c, s, pad, depthwise = (layer["dims"][i] for i in (2, 8, 10, 12))
+    t = {n: torch.tensor(np.asarray(layer[n]).astype(np.float64)) for n in ("wq", "ws", "bias")}
+    xn = x.permute(0, 3, 1, 2)
+    if depthwise:
+        wt = (t["wq"] * t["ws"]).permute(2, 0, 1)[:, None]  # [oc, 1, k, k]
+        base = torch.nn.functional.conv2d(xn, wt, t["bias"], stride=s, padding=pad, groups=c)
+    else:
+        wt = (t["wq"] * t["ws"][:, None, None, None]).permute(0, 3, 1, 2)
+        base = torch.nn.functional.conv2d(xn, wt, t["bias"], stride=s, padding=pad)
+    tt = torch.nn.functional.conv2d(xn, a.permute(0, 3, 1, 2), stride=s, padding=pad)
+    lora = torch.nn.functional.conv2d(tt, b[:, :, None, None])
+    return (base + layer["scale"] * lora).permute(0, 2, 3, 1)
+
+
+def test_conv_depthwise_fc_gradients_match_autograd(driver: Path) -> None:
+    """conv 3x3 stride 1 pad 1 (+ adapter r=3) -> ReLU -> depthwise 3x3 stride 2 pad 1, multiplier 2 (+ adapter
+    r=4) -> ReLU -> global mean -> FC (+ adapter r=2) -> cross-entropy: every adapter gradient and the input
+    gradient within 1e-4 (relative) of autograd, through the frozen layers between them."""
+    rng = np.random.default_rng(5)
+    c1 = _conv_layer(rng, 7, 6, 3, 8, 3, 1, 1, False, 3)
+    c2 = _conv_layer(rng, 7, 6, 8, 16, 3, 2, 1, True, 4)
+    fc = _model(rng, 16, 16, 5, 2, 2)
+    fcp = {n: fc[n + "2"] for n in ("wq", "ws", "bias", "a", "b")}
+    x = rng.normal(0, 1, (7, 6, 3)).astype(np.float32)
+    target = 3
+    blob = b""
+    for layer in (c1, c2):
+        blob += struct.pack("<14i", *layer["dims"]) + struct.pack("<f", layer["scale"])
+        blob += b"".join(np.ascontiguousarray(layer[n]).tobytes() for n in ("wq", "ws", "bias", "a", "b"))
+    blob += struct.pack("<3i", 16, 5, 2) + struct.pack("<f", 1.5)
+    blob += b"".join(np.ascontiguousarray(fcp[n]).tobytes() for n in ("wq", "ws", "bias", "a", "b"))
+    blob += x.tobytes() + struct.pack("<i", target)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    out = np.frombuffer(subprocess.run([str(driver), "cnn"], input=blob, capture_output=True, check=True,
+                                       env=env).stdout, "<f4").astype(np.float64)
+
+    params = {f"{n}{i}": torch.tensor(np.asarray(p[n]).astype(np.float64), requires_grad=True)
+              for i, p in enumerate((c1, c2, fcp)) for n in ("a", "b")}
+    xt = torch.tensor(x.astype(np.float64)[None], requires_grad=True)
+    y1 = torch.relu(_torch_conv(c1, xt, params["a0"], params["b0"]))
+    y2 = torch.relu(_torch_conv(c2, y1, params["a1"], params["b1"]))
+    m = y2.mean(dim=(0, 1, 2))
+    wf = torch.tensor(fcp["wq"].astype(np.float64)) * torch.tensor(fcp["ws"].astype(np.float64))[:, None]
+    z = wf @ m + torch.tensor(fcp["bias"].astype(np.float64)) + 1.5 * (params["b2"] @ (params["a2"] @ m))
+    loss = torch.nn.functional.cross_entropy(z[None], torch.tensor([target]))
+    loss.backward()
+    want = [loss.detach().numpy().reshape(1)] + [params[n].grad.numpy().ravel()
+                                                 for n in ("a0", "b0", "a1", "b1", "a2", "b2")]
+    want.append(xt.grad.numpy().ravel())
+    off = 0
+    for name, w in zip(("loss", "ga_conv", "gb_conv", "ga_dw", "gb_dw", "ga_fc", "gb_fc", "gx"), want):
+        got = out[off:off + w.size]
+        off += w.size
+        rel = np.abs(got - w).max() / max(np.abs(w).max(), 1e-12)
+        assert rel < REL_TOL and np.abs(w).max() > 0, (name, rel)
+    assert off == out.size

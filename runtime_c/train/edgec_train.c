@@ -1,4 +1,5 @@
-/* edgec_train.c - see edgec_train.h. Plain loops in float32; math.h for expf, logf, sqrtf, powf. */
+/* edgec_train.c - see edgec_train.h. Plain loops in float32 (clear first, fast later); math.h for expf, logf,
+ * sqrtf, powf. */
 #include "edgec_train.h"
 
 #include <math.h>
@@ -64,6 +65,144 @@ void edgec_train_fc_backward(const edgec_train_fc_t *l, const float *x, const fl
                 acc += l->a[j * l->k + i] * gt[j];
             }
             gx[i] = acc;
+        }
+    }
+}
+
+/* Input index of tap (ky, kx) of output pixel (py, px), or -1 outside the image. */
+static int tap(const edgec_train_conv_t *l, int py, int px, int ky, int kx)
+{
+    int iy = py * l->sh - l->pt + ky, ix = px * l->sw - l->pl + kx;
+    return (iy < 0 || iy >= l->h || ix < 0 || ix >= l->w) ? -1 : iy * l->w + ix;
+}
+
+/* Weight of output channel o, tap (ky, kx), input channel ic (0 for a channel a depthwise o does not read). */
+static float weight(const edgec_train_conv_t *l, int o, int ky, int kx, int ic)
+{
+    if (l->depthwise) {
+        return ic == o / (l->oc / l->c) ? (float)l->wq[(ky * l->kw + kx) * l->oc + o] * l->ws[o] : 0.0f;
+    }
+    return (float)l->wq[((o * l->kh + ky) * l->kw + kx) * l->c + ic] * l->ws[o];
+}
+
+void edgec_train_conv_forward(const edgec_train_conv_t *l, const float *x, float *t, float *y)
+{
+    int py, px, ky, kx, ic, o, j;
+    for (py = 0; py < l->oh; py++) {
+        for (px = 0; px < l->ow; px++) {
+            const int p = py * l->ow + px;
+            float *tp = t + p * l->r, *yp = y + p * l->oc;
+            for (j = 0; j < l->r; j++) {
+                tp[j] = 0.0f;
+            }
+            for (o = 0; o < l->oc; o++) {
+                yp[o] = 0.0f;
+            }
+            for (ky = 0; ky < l->kh; ky++) {
+                for (kx = 0; kx < l->kw; kx++) {
+                    const int i = tap(l, py, px, ky, kx);
+                    if (i < 0) {
+                        continue;
+                    }
+                    for (ic = 0; ic < l->c; ic++) {
+                        const float xv = x[i * l->c + ic];
+                        for (j = 0; j < l->r; j++) {
+                            tp[j] += l->a[((j * l->kh + ky) * l->kw + kx) * l->c + ic] * xv;
+                        }
+                        for (o = 0; o < l->oc; o++) {
+                            yp[o] += weight(l, o, ky, kx, ic) * xv;
+                        }
+                    }
+                }
+            }
+            for (o = 0; o < l->oc; o++) {
+                float lora = 0.0f;
+                for (j = 0; j < l->r; j++) {
+                    lora += l->b[o * l->r + j] * tp[j];
+                }
+                yp[o] += (l->bias ? l->bias[o] : 0.0f) + l->scale * lora;
+            }
+        }
+    }
+}
+
+void edgec_train_conv_backward(const edgec_train_conv_t *l, const float *x, const float *t, const float *gy,
+                               float *gx, float *ga, float *gb, float *gt)
+{
+    const int npix = l->oh * l->ow;
+    int p, py, px, ky, kx, ic, o, j;
+    for (p = 0; p < npix; p++) {
+        for (j = 0; j < l->r; j++) {
+            float acc = 0.0f;
+            for (o = 0; o < l->oc; o++) {
+                acc += l->b[o * l->r + j] * gy[p * l->oc + o];
+            }
+            gt[p * l->r + j] = l->scale * acc;
+            if (gb != NULL) {
+                for (o = 0; o < l->oc; o++) {
+                    gb[o * l->r + j] += l->scale * gy[p * l->oc + o] * t[p * l->r + j];
+                }
+            }
+        }
+    }
+    if (gx != NULL) {
+        for (p = 0; p < l->h * l->w * l->c; p++) {
+            gx[p] = 0.0f;
+        }
+    }
+    for (py = 0; py < l->oh; py++) {
+        for (px = 0; px < l->ow; px++) {
+            p = py * l->ow + px;
+            for (ky = 0; ky < l->kh; ky++) {
+                for (kx = 0; kx < l->kw; kx++) {
+                    const int i = tap(l, py, px, ky, kx);
+                    if (i < 0) {
+                        continue;
+                    }
+                    for (ic = 0; ic < l->c; ic++) {
+                        float acc = 0.0f;
+                        for (j = 0; j < l->r; j++) {
+                            const int ai = ((j * l->kh + ky) * l->kw + kx) * l->c + ic;
+                            if (ga != NULL) {
+                                ga[ai] += gt[p * l->r + j] * x[i * l->c + ic];
+                            }
+                            acc += l->a[ai] * gt[p * l->r + j];
+                        }
+                        if (gx != NULL) {
+                            for (o = 0; o < l->oc; o++) {
+                                acc += weight(l, o, ky, kx, ic) * gy[p * l->oc + o];
+                            }
+                            gx[i * l->c + ic] += acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void edgec_train_mean_forward(const float *x, int n, int c, float *y)
+{
+    int p, i;
+    for (i = 0; i < c; i++) {
+        y[i] = 0.0f;
+    }
+    for (p = 0; p < n; p++) {
+        for (i = 0; i < c; i++) {
+            y[i] += x[p * c + i];
+        }
+    }
+    for (i = 0; i < c; i++) {
+        y[i] /= (float)n;
+    }
+}
+
+void edgec_train_mean_backward(const float *gy, int n, int c, float *gx)
+{
+    int p, i;
+    for (p = 0; p < n; p++) {
+        for (i = 0; i < c; i++) {
+            gx[p * c + i] = gy[i] / (float)n;
         }
     }
 }

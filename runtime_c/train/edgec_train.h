@@ -6,8 +6,8 @@
  * Training runs one sample at a time (so DP-SGD can clip each sample's gradient): a forward pass that keeps
  * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
  * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
- * here allocates. Status: fully-connected layers, ReLU, softmax + cross-entropy, MSE, clipping, SGD and Adam
- * (docs/training.md); convolutions come next.
+ * here allocates. Status: fully-connected, convolution and depthwise layers, global average pooling, ReLU,
+ * softmax + cross-entropy, MSE, clipping, SGD and Adam (docs/training.md).
  */
 #ifndef EDGEC_TRAIN_H
 #define EDGEC_TRAIN_H
@@ -35,6 +35,32 @@ void edgec_train_fc_forward(const edgec_train_fc_t *l, const float *x, float *t,
  * when gx is not NULL. gt [r] is scratch. */
 void edgec_train_fc_backward(const edgec_train_fc_t *l, const float *x, const float *t, const float *gy,
                              float *gx, float *ga, float *gb, float *gt);
+
+/* A 2-D convolution (NHWC, one image, dilation 1) with a LoRA adapter. Regular: weights [oc, kh, kw, c];
+ * depthwise: weights [kh, kw, oc] and output channel o reads input channel o / (oc / c). The adapter is a
+ * full convolution in both cases (PEFT's lora_A on a depthwise Conv2d spans all input channels): A [r, kh, kw,
+ * c] with the layer's stride and padding, then B [oc, r] as a 1x1 convolution. Out-of-image taps are zero. */
+typedef struct {
+    int h, w, c, oh, ow, oc;       /* input and output shapes */
+    int kh, kw, sh, sw, pt, pl;    /* window, stride, padding before (top, left) */
+    int depthwise;
+    int r;
+    const int8_t *wq;
+    const float *ws, *bias;        /* [oc] scales, [oc] or NULL */
+    const float *a, *b;            /* [r, kh, kw, c], [oc, r] */
+    float scale;
+} edgec_train_conv_t;
+
+/* y [oh, ow, oc]; t [oh, ow, r] is kept for the backward pass. */
+void edgec_train_conv_forward(const edgec_train_conv_t *l, const float *x, float *t, float *y);
+
+/* As edgec_train_fc_backward; gx [h, w, c] (=) when not NULL; gt [oh, ow, r] scratch. */
+void edgec_train_conv_backward(const edgec_train_conv_t *l, const float *x, const float *t, const float *gy,
+                               float *gx, float *ga, float *gb, float *gt);
+
+/* Global average pooling of x [n, c] (n pixels) into y [c], and its backward: gx[p, c] = gy[c] / n. */
+void edgec_train_mean_forward(const float *x, int n, int c, float *y);
+void edgec_train_mean_backward(const float *gy, int n, int c, float *gx);
 
 /* ReLU / ReLU6 backward in place: g[i] = 0 where the forward output y[i] was clamped (y <= 0, or y >= 6
  * for ReLU6 with relu6 != 0). */

@@ -7,6 +7,12 @@
  * The model: FC1 (+ adapter) -> ReLU (ReLU6) -> FC2 (+ adapter) -> loss, one sample.
  * stdout: float32 loss, ga1, gb1, ga2, gb2, gx[K].
  *
+ * `train_driver cnn`: conv (+ adapter) -> ReLU -> depthwise conv (+ adapter) -> ReLU -> global mean -> FC
+ * (+ adapter) -> softmax + cross-entropy, one image. stdin per conv layer: int32 h, w, c, oh, ow, oc, kh, kw,
+ * sh, sw, pt, pl, depthwise, r; float32 scale; int8 weights; float32 ws[oc], bias[oc], a, b; then the FC:
+ * int32 k, o, r; float32 scale; int8 wq; float32 ws, bias, a, b; then float32 x[h w c], int32 target.
+ * stdout: float32 loss, then ga, gb of conv, depthwise and FC, then gx.
+ *
  * `train_driver opt`: stdin int32 n, steps; float32 lr, beta1, beta2, eps, clip; p[n], then g[n] per step.
  * stdout: float32 p after `steps` SGD steps, p after `steps` Adam steps, the last g clipped to norm `clip`,
  * and its norm before clipping.
@@ -27,6 +33,63 @@ static void *take(size_t bytes)
 }
 
 #define F(n) ((float *)take(sizeof(float) * (size_t)(n)))
+
+static edgec_train_conv_t read_conv(void)
+{
+    edgec_train_conv_t l;
+    int *d = (int *)take(14 * sizeof(int));
+    l.h = d[0]; l.w = d[1]; l.c = d[2]; l.oh = d[3]; l.ow = d[4]; l.oc = d[5]; l.kh = d[6]; l.kw = d[7];
+    l.sh = d[8]; l.sw = d[9]; l.pt = d[10]; l.pl = d[11]; l.depthwise = d[12]; l.r = d[13];
+    l.scale = *F(1);
+    l.wq = (const int8_t *)take((size_t)(l.kh * l.kw * l.oc * (l.depthwise ? 1 : l.c)));
+    l.ws = F(l.oc); l.bias = F(l.oc); l.a = F(l.r * l.kh * l.kw * l.c); l.b = F(l.oc * l.r);
+    return l;
+}
+
+#define Z(n) ((float *)calloc((size_t)(n), sizeof(float)))
+
+static int cnn(void)
+{
+    edgec_train_conv_t c1 = read_conv(), c2 = read_conv();
+    edgec_train_fc_t f;
+    int *d = (int *)take(3 * sizeof(int)), i;
+    int n1 = c1.oh * c1.ow, n2 = c2.oh * c2.ow;
+    float *x, *t1, *y1, *t2, *y2, *m, *tf, *z, *gz, *gm, *gy2, *gy1, *gx, *gt, *ga[3], *gb[3], loss;
+    f.k = d[0]; f.o = d[1]; f.r = d[2]; f.scale = *F(1);
+    f.wq = (const int8_t *)take((size_t)(f.o * f.k)); f.ws = F(f.o); f.bias = F(f.o); f.a = F(f.r * f.k);
+    f.b = F(f.o * f.r);
+    x = F(c1.h * c1.w * c1.c);
+    t1 = Z(n1 * c1.r); y1 = Z(n1 * c1.oc); t2 = Z(n2 * c2.r); y2 = Z(n2 * c2.oc); m = Z(f.k); tf = Z(f.r);
+    z = Z(f.o); gz = Z(f.o); gm = Z(f.k); gy2 = Z(n2 * c2.oc); gy1 = Z(n1 * c1.oc); gx = Z(c1.h * c1.w * c1.c);
+    gt = Z(n1 * c1.r + n2 * c2.r + f.r);
+    ga[0] = Z(c1.r * c1.kh * c1.kw * c1.c); gb[0] = Z(c1.oc * c1.r);
+    ga[1] = Z(c2.r * c2.kh * c2.kw * c2.c); gb[1] = Z(c2.oc * c2.r);
+    ga[2] = Z(f.r * f.k); gb[2] = Z(f.o * f.r);
+
+    edgec_train_conv_forward(&c1, x, t1, y1);
+    for (i = 0; i < n1 * c1.oc; i++) y1[i] = y1[i] > 0.0f ? y1[i] : 0.0f;
+    edgec_train_conv_forward(&c2, y1, t2, y2);
+    for (i = 0; i < n2 * c2.oc; i++) y2[i] = y2[i] > 0.0f ? y2[i] : 0.0f;
+    edgec_train_mean_forward(y2, n2, c2.oc, m);
+    edgec_train_fc_forward(&f, m, tf, z);
+    loss = edgec_train_softmax_xent(z, f.o, *(int *)take(sizeof(int)), gz);
+    edgec_train_fc_backward(&f, m, tf, gz, gm, ga[2], gb[2], gt);
+    edgec_train_mean_backward(gm, n2, c2.oc, gy2);
+    edgec_train_relu_backward(y2, gy2, n2 * c2.oc, 0);
+    edgec_train_conv_backward(&c2, y1, t2, gy2, gy1, ga[1], gb[1], gt);
+    edgec_train_relu_backward(y1, gy1, n1 * c1.oc, 0);
+    edgec_train_conv_backward(&c1, x, t1, gy1, gx, ga[0], gb[0], gt);
+
+    fwrite(&loss, sizeof loss, 1, stdout);
+    fwrite(ga[0], sizeof(float), (size_t)(c1.r * c1.kh * c1.kw * c1.c), stdout);
+    fwrite(gb[0], sizeof(float), (size_t)(c1.oc * c1.r), stdout);
+    fwrite(ga[1], sizeof(float), (size_t)(c2.r * c2.kh * c2.kw * c2.c), stdout);
+    fwrite(gb[1], sizeof(float), (size_t)(c2.oc * c2.r), stdout);
+    fwrite(ga[2], sizeof(float), (size_t)(f.r * f.k), stdout);
+    fwrite(gb[2], sizeof(float), (size_t)(f.o * f.r), stdout);
+    fwrite(gx, sizeof(float), (size_t)(c1.h * c1.w * c1.c), stdout);
+    return 0;
+}
 
 static int optimizers(void)
 {
@@ -53,9 +116,8 @@ static int optimizers(void)
 int main(int argc, char **argv)
 {
     int *dims;
-    (void)argv;
     if (argc > 1) {
-        return optimizers();
+        return argv[1][0] == 'c' ? cnn() : optimizers();
     }
     dims = (int *)take(8 * sizeof(int));
     int k = dims[0], h = dims[1], o = dims[2], r1 = dims[3], r2 = dims[4], target = dims[5];
