@@ -99,3 +99,16 @@ def kws_with_adapters(work: Path, adapters: dict[str, tuple[int, int]]):
         mapping = synthetic_adapter(graph, work / name, rank=rank, seed=seed)
     (work / "map.json").write_text(json.dumps(mapping))
     return model, graph
+
+
+def require_target(name: str = "cortex-m4") -> dict:
+    """The target's settings; skips the test (with the reason) when its cross toolchain or QEMU is missing."""
+    from edgec.targets import load_target
+    from edgec.toolchain.runner import ToolchainError, ensure_tools
+
+    target = load_target(name)
+    try:
+        ensure_tools(target)
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    return target

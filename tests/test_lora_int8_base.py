@@ -17,9 +17,7 @@ from edgec.oracle.ir_export import graph_to_tflite
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.passes.lora_slots import merged_graph
 from edgec.pipeline import build_model
-from edgec.targets import load_target
-from edgec.toolchain.runner import ToolchainError, ensure_tools
-from support import kws_with_adapters, shared_model
+from support import kws_with_adapters, require_target, shared_model
 
 ONE = 1 << 16
 # Slots output vs TFLM on the dequantize-merge-requantize graph (docs/adapters.md): that reference rounds
@@ -81,11 +79,7 @@ def test_active_slots_vs_requantized_merge(kws, scales: list[float]) -> None:
 
 
 def test_switching_qemu_matches_host(kws) -> None:
-    target = load_target("cortex-m4")
-    try:
-        ensure_tools(target)
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     schedule = [[ONE, 0], [0, ONE], [ONE, ONE // 2], [0, 0]]
     host = _run(kws, "host", schedule)
     qemu = _run(kws, "qemu", schedule)
@@ -116,11 +110,7 @@ def test_slot_banks_are_page_aligned_in_their_own_section(kws) -> None:
 
     from edgec.toolchain.runner import build_firmware
 
-    target = load_target("cortex-m4")
-    try:
-        ensure_tools(target)
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    target = require_target()
     report = kws["built"].report
     elf = build_firmware(kws["work"] / "slots", target, kws["work"] / "elf")
     sections = subprocess.run(["arm-none-eabi-objdump", "-h", str(elf)], capture_output=True, text=True,
@@ -139,10 +129,7 @@ def test_verify_cli_int8_base_qemu(kws) -> None:
 
     from edgec.cli.main import main
 
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     w = kws["work"]
     res = CliRunner().invoke(main, ["verify", str(kws["model"]), "-t", "cortex-m4", "--adapter", f"a={w / 'a'}",
                                     "--adapter", f"b={w / 'b'}", "--adapter-map", str(w / "map.json"),
@@ -163,10 +150,7 @@ def test_bench_adapter_costs(tmp_path: Path) -> None:
     from edgec.pipeline import build
 
     model = shared_model("tflite/ad01_int8.tflite")
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     inputs = random_input_sets_for_model(model.read_bytes(), 1, seed=0)
     report = build(model, "cortex-m4", tmp_path / "base")
     base = run_project(tmp_path / "base", report, inputs, "qemu", tmp_path / "run")[1]

@@ -23,8 +23,7 @@ from click.testing import CliRunner
 from edgec.cli.main import main
 from edgec.cli.verify import run_project
 from edgec.pipeline import build
-from edgec.targets import load_target
-from edgec.toolchain.runner import ToolchainError, ensure_tools
+from support import require_target
 
 nn = torch.nn
 ONE = 1 << 16  # Q16 scale 1.0
@@ -146,10 +145,7 @@ def test_two_adapters_weighted(setup) -> None:
 
 
 def test_switching_between_inferences_qemu_matches_host(setup) -> None:
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     xs = setup["cal"][:8]
     # One firmware, the active set changes before every inference.
     schedule = [[0, 0, 0], [ONE, 0, 0], [0, ONE, 0], [0, 0, ONE], [ONE, ONE // 2, 0], [-ONE // 4, 0, 3 * ONE],
@@ -170,10 +166,7 @@ def test_verify_cli_qemu(setup) -> None:
     work = setup["work"]
     args = ["verify", work / "mlp.onnx", "-t", "cortex-m4", "--on", "qemu", "--calibration", work / "cal.npz",
             *[x for n in ADAPTERS for x in ("--adapter", f"{n}={work / n}")], "--adapter-mode", "slots"]
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     code, out = _cli(*args, "--activate", "a", "--activate", "b:0.5", "--json")
     assert code == 0, out
     r = json.loads(out.strip().splitlines()[-1])
@@ -333,10 +326,7 @@ def test_conv_adapters_vs_peft(conv_setup, scales: dict[str, float]) -> None:
 
 
 def test_conv_switching_qemu_matches_host(conv_setup) -> None:
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     xs = conv_setup["cal"][:6]
     schedule = [[0, 0], [ONE, 0], [0, ONE], [ONE, ONE // 2], [-ONE // 2, 2 * ONE], [0, 0]]
     qemu = _run(conv_setup, "slots", "qemu", schedule, inputs=xs)
@@ -442,10 +432,7 @@ def test_depthwise_merged_reference_vs_peft(dw_setup) -> None:
 
 
 def test_depthwise_switching_qemu_matches_host(dw_setup) -> None:
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     xs = dw_setup["cal"][:6]
     schedule = [[0, 0], [ONE, 0], [0, ONE], [ONE, ONE // 2], [-ONE // 2, 2 * ONE], [0, 0]]
     qemu = _run(dw_setup, "slots", "qemu", schedule, inputs=xs)

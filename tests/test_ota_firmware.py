@@ -20,9 +20,7 @@ from edgec.ota import format as fmt
 from edgec.ota.keys import generate_keypair
 from edgec.ota.patch import create_patch
 from edgec.pipeline import build
-from edgec.targets import load_target
-from edgec.toolchain.runner import ToolchainError, ensure_tools
-from support import kws_with_adapters
+from support import kws_with_adapters, require_target
 
 ONE = 1 << 16
 
@@ -69,10 +67,7 @@ def test_patch_applies_on_host_bitexact_with_the_compiled_adapter(fw) -> None:
 
 
 def test_qemu_applies_then_reverts_after_reset(fw) -> None:
-    try:
-        ensure_tools(load_target("cortex-m4"))
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    require_target()
     got, measured = _run(fw, "ota", "qemu", "qemu_patch", patch=fw["patch"], resets=(2,))
     assert measured["ota_result"] == 0 and measured["active_version"] == "2.0.0"
     want, _ = _run(fw, "want", "host", "host_want2")
