@@ -23,7 +23,6 @@ META_BYTES = 128
 CONFIRM_UNIT = b"EDGEC-CONFIRMED."
 FLAG_LOCAL = 1
 OP_CODES = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 3}
-TENSORS = ("A", "B", "rescale")
 # The device receiver's result codes (runtime_c/ota/edgec_ota.h).
 OTA_RESULTS = {0: "OK", -10: "ERR_STATE", -11: "ERR_FORMAT", -12: "ERR_BASE", -13: "ERR_LAYOUT", -14: "ERR_SLOT",
                -15: "ERR_COUNTER", -16: "ERR_KEY", -17: "ERR_DIGEST", -18: "ERR_SIGNATURE", -19: "ERR_TRUNCATED",
