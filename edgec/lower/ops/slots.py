@@ -162,24 +162,6 @@ def _slots_kernel(N, OH, OW, IN_SIZE, W_SIZE, OUT_SIZE, rq, S, R, OC, ACC, OB, s
     return slots_kernel
 
 
-def fc_sums_func(K, XZP, S, R, A_OFF):
-    """The FC counterpart of window_sums_func: t[s, r] = sum_k A[s, r, k] * (x[b, k] - XZP)."""
-
-    @T.macro
-    def fc_sums(x, a, st, t, active, acc1, b, unused_h, unused_w):
-        active[0] = 0
-        for s in range(S):
-            if st[2 * s] != 0:
-                active[0] = 1
-                for r in range(R):
-                    acc1[0] = 0
-                    for k in range(K):
-                        acc1[0] = acc1[0] + (T.Cast("int32", x[b * K + k]) - XZP) \
-                            * T.Cast("int32", a[st[2 * s + 1] + A_OFF + r * K + k])
-                    t[s * R + r] = acc1[0]
-    return fc_sums
-
-
 # --- lowering functions ---------------------------------------------------------------------------------
 
 
@@ -222,7 +204,10 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: Adap
         row(x, w, q, y, acc, b, d)
 
     func = _slots_kernel(batches, 1, 1, batches * k, oc * k, batches * oc, rq, s, rank, oc, acc_dtype(k),
-                         _OC_BLOCK, fc_sums_func(k, graph.t(op.inputs[0]).zero_point, s, rank, a_off), base_row,
+                         _OC_BLOCK,
+                         # an FC row is the window of a 1x1 "convolution" over a 1x1 image with K channels
+                         window_sums_func(1, 1, k, 1, 1, 1, 1, 1, 1, 0, 0, graph.t(op.inputs[0]).zero_point, s,
+                                          rank, a_off), base_row,
                          slot_deltas_func(s, rank, oc, b_off, m_off))
     return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="fully_connected_slots")
 
