@@ -27,8 +27,9 @@ def driver(tmp_path_factory) -> Path:
         pytest.skip("gcc not found")
     exe = tmp_path_factory.mktemp("train") / "train_driver"
     subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", f"-I{TRAIN}", str(ROOT / "tests" / "train" / "train_driver.c"),
-                    str(TRAIN / "edgec_train.c"), "-lm", "-o", str(exe)], check=True)
+                    "-fno-sanitize-recover=all", "-DEDGEC_TRAIN_TEST_RNG", f"-I{TRAIN}",
+                    str(ROOT / "tests" / "train" / "train_driver.c"), str(TRAIN / "edgec_train.c"),
+                    str(TRAIN / "edgec_train_rng.c"), "-lm", "-o", str(exe)], check=True)
     return exe
 
 
@@ -191,3 +192,25 @@ def test_conv_depthwise_fc_gradients_match_autograd(driver: Path) -> None:
         rel = np.abs(got - w).max() / max(np.abs(w).max(), 1e-12)
         assert rel < REL_TOL and np.abs(w).max() > 0, (name, rel)
     assert off == out.size
+
+
+def _noise(driver: Path, seed: int, g: np.ndarray, std: float) -> np.ndarray:
+    blob = struct.pack("<Qif", seed, g.size, std) + g.astype(np.float32).tobytes()
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    out = subprocess.run([str(driver), "noise"], input=blob, capture_output=True, check=True, env=env).stdout
+    return np.frombuffer(out, "<f4").astype(np.float64)
+
+
+def test_dp_noise_is_gaussian_and_deterministic(driver: Path) -> None:
+    """The DP-SGD noise (edgec_train_add_noise from the seeded test RNG): standard normal by a
+    Kolmogorov-Smirnov test against scipy's normal CDF, scaled by std, added to g, the same for the same
+    seed and different for another."""
+    from scipy import stats
+
+    z = _noise(driver, 7, np.zeros(20000), 1.0)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
+    g = np.linspace(-1, 1, 1000)
+    a, b = _noise(driver, 11, g, 0.5), _noise(driver, 11, g, 0.5)
+    assert np.array_equal(a, b) and not np.array_equal(a, _noise(driver, 12, g, 0.5))
+    assert abs((a - g).std() - 0.5) < 0.05

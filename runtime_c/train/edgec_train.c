@@ -264,6 +264,22 @@ float edgec_train_clip(float *g, int n, float c)
     return norm;
 }
 
+float edgec_train_gaussian(void)
+{
+    /* u1 in (0, 1] so that logf(u1) is finite; 24 bits: a float's exact integer range. */
+    const float u1 = ((float)(edgec_hal_random() >> 8) + 1.0f) / 16777216.0f;
+    const float u2 = (float)(edgec_hal_random() >> 8) / 16777216.0f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2);
+}
+
+void edgec_train_add_noise(float *g, int n, float std)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        g[i] += std * edgec_train_gaussian();
+    }
+}
+
 void edgec_train_sgd(float *p, const float *g, int n, float lr)
 {
     int i;

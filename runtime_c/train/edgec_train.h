@@ -76,6 +76,19 @@ float edgec_train_mse(const float *y, const float *t, int n, float *gy);
  * Returns the norm before clipping. */
 float edgec_train_clip(float *g, int n, float c);
 
+/* DP-SGD noise. Random bits come from the HAL hook edgec_hal_random(), which the application defines (a
+ * hardware TRNG, or a CSPRNG seeded from one). edgec_train_rng.c provides a deterministic, seedable
+ * xorshift64* generator instead when compiled with EDGEC_TRAIN_TEST_RNG (tests and reproducible runs only:
+ * it is not a source of privacy). */
+uint32_t edgec_hal_random(void);
+void edgec_train_rng_seed(uint64_t seed); /* EDGEC_TRAIN_TEST_RNG only */
+
+/* One standard normal sample (Box-Muller on two 24-bit uniforms from edgec_hal_random). */
+float edgec_train_gaussian(void);
+
+/* g[i] += std * N(0, 1): the Gaussian noise of DP-SGD (std = noise multiplier * clip norm). */
+void edgec_train_add_noise(float *g, int n, float std);
+
 /* p -= lr * g. */
 void edgec_train_sgd(float *p, const float *g, int n, float lr);
 

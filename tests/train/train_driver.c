@@ -13,6 +13,9 @@
  * int32 k, o, r; float32 scale; int8 wq; float32 ws, bias, a, b; then float32 x[h w c], int32 target.
  * stdout: float32 loss, then ga, gb of conv, depthwise and FC, then gx.
  *
+ * `train_driver noise`: stdin uint64 seed, int32 n, float32 std, g[n]; stdout g after edgec_train_add_noise
+ * (needs EDGEC_TRAIN_TEST_RNG and edgec_train_rng.c).
+ *
  * `train_driver opt`: stdin int32 n, steps; float32 lr, beta1, beta2, eps, clip; p[n], then g[n] per step.
  * stdout: float32 p after `steps` SGD steps, p after `steps` Adam steps, the last g clipped to norm `clip`,
  * and its norm before clipping.
@@ -91,6 +94,17 @@ static int cnn(void)
     return 0;
 }
 
+static int noise(void)
+{
+    const uint64_t seed = *(uint64_t *)take(sizeof(uint64_t));
+    int n = *(int *)take(sizeof(int));
+    float std = *F(1), *g = F(n);
+    edgec_train_rng_seed(seed);
+    edgec_train_add_noise(g, n, std);
+    fwrite(g, sizeof(float), (size_t)n, stdout);
+    return 0;
+}
+
 static int optimizers(void)
 {
     int *hdr = (int *)take(2 * sizeof(int));
@@ -117,7 +131,7 @@ int main(int argc, char **argv)
 {
     int *dims;
     if (argc > 1) {
-        return argv[1][0] == 'c' ? cnn() : optimizers();
+        return argv[1][0] == 'c' ? cnn() : argv[1][0] == 'n' ? noise() : optimizers();
     }
     dims = (int *)take(8 * sizeof(int));
     int k = dims[0], h = dims[1], o = dims[2], r1 = dims[3], r2 = dims[4], target = dims[5];
