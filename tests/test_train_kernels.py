@@ -214,3 +214,30 @@ def test_dp_noise_is_gaussian_and_deterministic(driver: Path) -> None:
     a, b = _noise(driver, 11, g, 0.5), _noise(driver, 11, g, 0.5)
     assert np.array_equal(a, b) and not np.array_equal(a, _noise(driver, 12, g, 0.5))
     assert abs((a - g).std() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("kind,k,stride,pad", [("avg", 3, 2, 1), ("avg", 2, 2, 0), ("max", 3, 2, 1),
+                                               ("max", 2, 1, 0)])
+def test_pooling_matches_torch(driver: Path, kind: str, k: int, stride: int, pad: int) -> None:
+    """Pooling forward and backward vs torch (average over in-image taps: count_include_pad=False, as
+    TFLite's AVERAGE_POOL_2D with SAME padding)."""
+    rng = np.random.default_rng(k * 10 + stride)
+    h, w, c = 7, 6, 3
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    x = rng.normal(0, 1, (h, w, c)).astype(np.float32)
+    gy = rng.normal(0, 1, (oh, ow, c)).astype(np.float32)
+    blob = struct.pack("<12i", h, w, c, oh, ow, k, k, stride, stride, pad, pad, int(kind == "max"))
+    blob += x.tobytes() + gy.tobytes()
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    out = np.frombuffer(subprocess.run([str(driver), "pool"], input=blob, capture_output=True, check=True,
+                                       env=env).stdout, "<f4").astype(np.float64)
+    xt = torch.tensor(x.astype(np.float64)).permute(2, 0, 1)[None].requires_grad_(True)
+    if kind == "avg":
+        yt = torch.nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=False)
+    else:
+        yt = torch.nn.functional.max_pool2d(xt, k, stride, pad)
+    yt.backward(torch.tensor(gy.astype(np.float64)).permute(2, 0, 1)[None])
+    want_y = yt.detach()[0].permute(1, 2, 0).numpy().ravel()
+    want_gx = xt.grad[0].permute(1, 2, 0).numpy().ravel()
+    assert np.abs(out[:want_y.size] - want_y).max() < 1e-5
+    assert np.abs(out[want_y.size:] - want_gx).max() < 1e-5

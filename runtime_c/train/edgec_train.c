@@ -181,6 +181,83 @@ void edgec_train_conv_backward(const edgec_train_conv_t *l, const float *x, cons
     }
 }
 
+void edgec_train_pool_forward(const edgec_train_pool_t *l, const float *x, float *y, int32_t *argmax)
+{
+    int py, px, ky, kx, ch;
+    for (py = 0; py < l->oh; py++) {
+        for (px = 0; px < l->ow; px++) {
+            for (ch = 0; ch < l->c; ch++) {
+                float acc = 0.0f;
+                int n = 0, best = -1;
+                for (ky = 0; ky < l->kh; ky++) {
+                    const int iy = py * l->sh - l->pt + ky;
+                    for (kx = 0; kx < l->kw; kx++) {
+                        const int ix = px * l->sw - l->pl + kx;
+                        int i;
+                        if (iy < 0 || iy >= l->h || ix < 0 || ix >= l->w) {
+                            continue;
+                        }
+                        i = (iy * l->w + ix) * l->c + ch;
+                        if (l->max) {
+                            if (best < 0 || x[i] > x[best]) {
+                                best = i;
+                            }
+                        } else {
+                            acc += x[i];
+                            n++;
+                        }
+                    }
+                }
+                {
+                    const int o = (py * l->ow + px) * l->c + ch;
+                    if (l->max) {
+                        argmax[o] = best;
+                        y[o] = best >= 0 ? x[best] : 0.0f;
+                    } else {
+                        y[o] = n ? acc / (float)n : 0.0f;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void edgec_train_pool_backward(const edgec_train_pool_t *l, const int32_t *argmax, const float *gy, float *gx)
+{
+    int py, px, ky, kx, ch, i;
+    for (i = 0; i < l->h * l->w * l->c; i++) {
+        gx[i] = 0.0f;
+    }
+    for (py = 0; py < l->oh; py++) {
+        for (px = 0; px < l->ow; px++) {
+            for (ch = 0; ch < l->c; ch++) {
+                const int o = (py * l->ow + px) * l->c + ch;
+                int n = 0;
+                if (l->max) {
+                    if (argmax[o] >= 0) {
+                        gx[argmax[o]] += gy[o];
+                    }
+                    continue;
+                }
+                for (ky = 0; ky < l->kh; ky++) {
+                    for (kx = 0; kx < l->kw; kx++) {
+                        const int iy = py * l->sh - l->pt + ky, ix = px * l->sw - l->pl + kx;
+                        n += iy >= 0 && iy < l->h && ix >= 0 && ix < l->w;
+                    }
+                }
+                for (ky = 0; ky < l->kh; ky++) {
+                    for (kx = 0; kx < l->kw; kx++) {
+                        const int iy = py * l->sh - l->pt + ky, ix = px * l->sw - l->pl + kx;
+                        if (iy >= 0 && iy < l->h && ix >= 0 && ix < l->w) {
+                            gx[(iy * l->w + ix) * l->c + ch] += gy[o] / (float)n;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 void edgec_train_mean_forward(const float *x, int n, int c, float *y)
 {
     int p, i;

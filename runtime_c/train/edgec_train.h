@@ -6,8 +6,9 @@
  * Training runs one sample at a time (so DP-SGD can clip each sample's gradient): a forward pass that keeps
  * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
  * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
- * here allocates. Status: fully-connected, convolution and depthwise layers, global average pooling, ReLU,
- * softmax + cross-entropy, MSE, clipping, SGD and Adam (docs/training.md).
+ * here allocates. Status: fully-connected, convolution and depthwise layers, pooling, ReLU, softmax +
+ * cross-entropy, MSE, clipping, DP noise, SGD and Adam (docs/training.md). ADD needs no kernel: its backward
+ * passes gy to both inputs; RESHAPE passes it through.
  */
 #ifndef EDGEC_TRAIN_H
 #define EDGEC_TRAIN_H
@@ -57,6 +58,18 @@ void edgec_train_conv_forward(const edgec_train_conv_t *l, const float *x, float
 /* As edgec_train_fc_backward; gx [h, w, c] (=) when not NULL; gt [oh, ow, r] scratch. */
 void edgec_train_conv_backward(const edgec_train_conv_t *l, const float *x, const float *t, const float *gy,
                                float *gx, float *ga, float *gb, float *gt);
+
+/* Average or max pooling windows (NHWC, one image): the average is over the in-image taps only (TFLite's
+ * AVERAGE_POOL_2D); max keeps, per output, the input index it took (argmax [oh, ow, c]) for the backward. */
+typedef struct {
+    int h, w, c, oh, ow;
+    int kh, kw, sh, sw, pt, pl;
+    int max;
+} edgec_train_pool_t;
+
+void edgec_train_pool_forward(const edgec_train_pool_t *l, const float *x, float *y, int32_t *argmax);
+/* gx [h, w, c] (=) from gy [oh, ow, c]; argmax as the forward pass left it (max pooling only). */
+void edgec_train_pool_backward(const edgec_train_pool_t *l, const int32_t *argmax, const float *gy, float *gx);
 
 /* Global average pooling of x [n, c] (n pixels) into y [c], and its backward: gx[p, c] = gy[c] / n. */
 void edgec_train_mean_forward(const float *x, int n, int c, float *y);

@@ -13,6 +13,9 @@
  * int32 k, o, r; float32 scale; int8 wq; float32 ws, bias, a, b; then float32 x[h w c], int32 target.
  * stdout: float32 loss, then ga, gb of conv, depthwise and FC, then gx.
  *
+ * `train_driver pool`: stdin int32 h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, max; float32 x[h w c], gy[oh ow c];
+ * stdout float32 y[oh ow c], gx[h w c].
+ *
  * `train_driver noise`: stdin uint64 seed, int32 n, float32 std, g[n]; stdout g after edgec_train_add_noise
  * (needs EDGEC_TRAIN_TEST_RNG and edgec_train_rng.c).
  *
@@ -94,6 +97,26 @@ static int cnn(void)
     return 0;
 }
 
+static int pool(void)
+{
+    int *d = (int *)take(12 * sizeof(int));
+    edgec_train_pool_t l;
+    float *x, *gy, *y, *gx;
+    int32_t *arg;
+    l.h = d[0]; l.w = d[1]; l.c = d[2]; l.oh = d[3]; l.ow = d[4]; l.kh = d[5]; l.kw = d[6]; l.sh = d[7];
+    l.sw = d[8]; l.pt = d[9]; l.pl = d[10]; l.max = d[11];
+    x = F(l.h * l.w * l.c);
+    gy = F(l.oh * l.ow * l.c);
+    y = Z(l.oh * l.ow * l.c);
+    gx = Z(l.h * l.w * l.c);
+    arg = (int32_t *)calloc((size_t)(l.oh * l.ow * l.c), sizeof(int32_t));
+    edgec_train_pool_forward(&l, x, y, arg);
+    edgec_train_pool_backward(&l, arg, gy, gx);
+    fwrite(y, sizeof(float), (size_t)(l.oh * l.ow * l.c), stdout);
+    fwrite(gx, sizeof(float), (size_t)(l.h * l.w * l.c), stdout);
+    return 0;
+}
+
 static int noise(void)
 {
     const uint64_t seed = *(uint64_t *)take(sizeof(uint64_t));
@@ -131,7 +154,7 @@ int main(int argc, char **argv)
 {
     int *dims;
     if (argc > 1) {
-        return argv[1][0] == 'c' ? cnn() : argv[1][0] == 'n' ? noise() : optimizers();
+        return argv[1][0] == 'c' ? cnn() : argv[1][0] == 'n' ? noise() : argv[1][0] == 'p' ? pool() : optimizers();
     }
     dims = (int *)take(8 * sizeof(int));
     int k = dims[0], h = dims[1], o = dims[2], r1 = dims[3], r2 = dims[4], target = dims[5];
