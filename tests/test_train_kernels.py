@@ -241,3 +241,16 @@ def test_pooling_matches_torch(driver: Path, kind: str, k: int, stride: int, pad
     want_gx = xt.grad[0].permute(1, 2, 0).numpy().ravel()
     assert np.abs(out[:want_y.size] - want_y).max() < 1e-5
     assert np.abs(out[want_y.size:] - want_gx).max() < 1e-5
+
+
+@pytest.mark.parametrize("capacity,holdout,pushes", [(8, 4, 5), (8, 4, 21), (5, 3, 100), (6, 0, 9), (1, 2, 3)])
+def test_sample_buffer(driver: Path, capacity: int, holdout: int, pushes: int) -> None:
+    """The ring keeps the last `capacity` records, oldest first; records pushed as 0, holdout, 2 holdout, ...
+    are the validation split (the buffer's documented semantics)."""
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    out = np.frombuffer(subprocess.run([str(driver), "buffer"], input=struct.pack("<3i", capacity, holdout, pushes),
+                                       capture_output=True, check=True, env=env).stdout, "<i4").tolist()
+    held = list(range(max(0, pushes - capacity), pushes))
+    val = [s for s in held if holdout and s % holdout == 0]
+    train = [s for s in held if s not in val]
+    assert out == [len(train), *train, len(val), *val]

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 void edgec_train_fc_forward(const edgec_train_fc_t *l, const float *x, float *t, float *y)
 {
@@ -375,4 +376,54 @@ void edgec_train_adam(float *p, const float *g, float *m, float *v, int n, float
         v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
         p[i] -= lr * (m[i] / c1) / (sqrtf(v[i] / c2) + eps);
     }
+}
+
+void edgec_train_buffer_init(edgec_train_buffer_t *b, uint8_t *storage, uint32_t record_bytes, uint32_t capacity,
+                             uint32_t holdout)
+{
+    b->storage = storage;
+    b->record_bytes = record_bytes;
+    b->capacity = capacity;
+    b->holdout = holdout;
+    b->pushed = 0;
+}
+
+void edgec_train_buffer_push(edgec_train_buffer_t *b, const uint8_t *record)
+{
+    if (b->capacity == 0u) {
+        return;
+    }
+    memcpy(b->storage + (size_t)(b->pushed % b->capacity) * b->record_bytes, record, b->record_bytes);
+    b->pushed++;
+}
+
+/* Sequence number of the oldest record held. */
+static uint32_t first_held(const edgec_train_buffer_t *b)
+{
+    return b->pushed > b->capacity ? b->pushed - b->capacity : 0u;
+}
+
+static int held_out(const edgec_train_buffer_t *b, uint32_t seq)
+{
+    return b->holdout != 0u && seq % b->holdout == 0u;
+}
+
+uint32_t edgec_train_buffer_count(const edgec_train_buffer_t *b, int validation)
+{
+    uint32_t seq, n = 0;
+    for (seq = first_held(b); seq < b->pushed; seq++) {
+        n += held_out(b, seq) == (validation != 0);
+    }
+    return n;
+}
+
+const uint8_t *edgec_train_buffer_get(const edgec_train_buffer_t *b, int validation, uint32_t i)
+{
+    uint32_t seq;
+    for (seq = first_held(b); seq < b->pushed; seq++) {
+        if (held_out(b, seq) == (validation != 0) && i-- == 0u) {
+            return b->storage + (size_t)(seq % b->capacity) * b->record_bytes;
+        }
+    }
+    return NULL;
 }

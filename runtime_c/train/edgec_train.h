@@ -7,7 +7,7 @@
  * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
  * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
  * here allocates. Status: fully-connected, convolution and depthwise layers, pooling, ReLU, softmax +
- * cross-entropy, MSE, clipping, DP noise, SGD and Adam (docs/training.md). ADD needs no kernel: its backward
+ * cross-entropy, MSE, clipping, DP noise, SGD and Adam, the sample buffer (docs/training.md). ADD needs no kernel: its backward
  * passes gy to both inputs; RESHAPE passes it through.
  */
 #ifndef EDGEC_TRAIN_H
@@ -108,6 +108,24 @@ void edgec_train_sgd(float *p, const float *g, int n, float lr);
 /* Adam (Kingma & Ba) step `step` (1-based) with moments m, v. */
 void edgec_train_adam(float *p, const float *g, float *m, float *v, int n, float lr, float beta1, float beta2,
                       float eps, int step);
+
+/* The on-device sample buffer: a ring of `capacity` records of `record_bytes` (an input and its target, as
+ * the application lays them out) in caller-owned storage; when full, a push overwrites the oldest record.
+ * Every `holdout`-th record pushed (sequence numbers 0, holdout, 2 holdout, ...) is held out for
+ * validation, for as long as it stays in the buffer; holdout 0 holds nothing out. */
+typedef struct {
+    uint8_t *storage;
+    uint32_t record_bytes, capacity, holdout;
+    uint32_t pushed; /* records pushed so far; the buffer holds the last min(pushed, capacity) */
+} edgec_train_buffer_t;
+
+void edgec_train_buffer_init(edgec_train_buffer_t *b, uint8_t *storage, uint32_t record_bytes, uint32_t capacity,
+                             uint32_t holdout);
+void edgec_train_buffer_push(edgec_train_buffer_t *b, const uint8_t *record);
+/* Number of held records in the split (0: training, 1: validation), and the i-th of them, oldest first
+ * (NULL when i is out of range). */
+uint32_t edgec_train_buffer_count(const edgec_train_buffer_t *b, int validation);
+const uint8_t *edgec_train_buffer_get(const edgec_train_buffer_t *b, int validation, uint32_t i);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,9 @@
  * `train_driver pool`: stdin int32 h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, max; float32 x[h w c], gy[oh ow c];
  * stdout float32 y[oh ow c], gx[h w c].
  *
+ * `train_driver buffer`: stdin int32 capacity, holdout, pushes; pushes 4-byte records 0, 1, 2, ... into a
+ * sample buffer; stdout int32 train count, the training records, validation count, the validation records.
+ *
  * `train_driver noise`: stdin uint64 seed, int32 n, float32 std, g[n]; stdout g after edgec_train_add_noise
  * (needs EDGEC_TRAIN_TEST_RNG and edgec_train_rng.c).
  *
@@ -117,6 +120,30 @@ static int pool(void)
     return 0;
 }
 
+static int buffer(void)
+{
+    int *d = (int *)take(3 * sizeof(int)), v;
+    uint32_t i, n;
+    int32_t rec;
+    edgec_train_buffer_t b;
+    uint8_t *storage = calloc((size_t)d[0] * 4u + 1u, 1);
+    edgec_train_buffer_init(&b, storage, 4u, (uint32_t)d[0], (uint32_t)d[1]);
+    for (rec = 0; rec < d[2]; rec++) {
+        edgec_train_buffer_push(&b, (const uint8_t *)&rec);
+    }
+    for (v = 0; v < 2; v++) {
+        n = edgec_train_buffer_count(&b, v);
+        fwrite(&n, sizeof n, 1, stdout);
+        for (i = 0; i < n; i++) {
+            fwrite(edgec_train_buffer_get(&b, v, i), 4, 1, stdout);
+        }
+        if (edgec_train_buffer_get(&b, v, n) != NULL) {
+            return 3;
+        }
+    }
+    return 0;
+}
+
 static int noise(void)
 {
     const uint64_t seed = *(uint64_t *)take(sizeof(uint64_t));
@@ -154,7 +181,8 @@ int main(int argc, char **argv)
 {
     int *dims;
     if (argc > 1) {
-        return argv[1][0] == 'c' ? cnn() : argv[1][0] == 'n' ? noise() : argv[1][0] == 'p' ? pool() : optimizers();
+        return argv[1][0] == 'c' ? cnn() : argv[1][0] == 'n' ? noise() : argv[1][0] == 'p' ? pool()
+               : argv[1][0] == 'b' ? buffer() : optimizers();
     }
     dims = (int *)take(8 * sizeof(int));
     int k = dims[0], h = dims[1], o = dims[2], r1 = dims[3], r2 = dims[4], target = dims[5];
