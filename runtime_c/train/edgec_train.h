@@ -7,8 +7,8 @@
  * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
  * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
  * here allocates. Status: fully-connected, convolution and depthwise layers, pooling, ReLU, softmax +
- * cross-entropy, MSE, clipping, DP noise, SGD and Adam, the sample buffer (docs/training.md). ADD needs no kernel: its backward
- * passes gy to both inputs; RESHAPE passes it through.
+ * cross-entropy, MSE, clipping, DP noise, SGD and Adam, the sample buffer (docs/training.md). ADD needs no
+ * kernel: its backward passes gy to both inputs; RESHAPE passes it through.
  */
 #ifndef EDGEC_TRAIN_H
 #define EDGEC_TRAIN_H
