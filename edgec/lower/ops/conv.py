@@ -455,24 +455,37 @@ def _bias_sections(rq: Requant, bias: np.ndarray | None, wsum: np.ndarray | None
     return 0, bi, bb
 
 
-def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
-    """CONV_2D's Prepare: the requantization, the weight scales and conv2d_func's arguments (without rq)."""
+def _conv_prepare(graph: Graph, op: Op, x: Tensor, y: Tensor, kh: int, kw: int, oc: int, w: Tensor,
+                  wsum: np.ndarray | None) -> tuple[Requant, np.ndarray, tuple]:
+    """What CONV_2D and DEPTHWISE_CONV_2D share: the window, the weight scales, the requantization and the
+    bias sections. Returns (rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb))."""
+    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
+    scales = _weight_scales(graph, op, w, oc)
+    mult, shift = conv_multipliers(x, scales, y, oc)
+    rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
+    xzp_in, bi, bb = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, padded)
+    return rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb)
+
+
+def _nhwc_tensors(graph: Graph, op: Op) -> tuple[Tensor, Tensor, Tensor]:
     x, w, y = _check_tensors(graph, op, 4)
     if len(x.shape) != 4 or len(y.shape) != 4:
         raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
+    return x, w, y
+
+
+def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
+    """CONV_2D's Prepare: the requantization, the weight scales and conv2d_func's arguments (without rq)."""
+    x, w, y = _nhwc_tensors(graph, op)
     n, h, wd, c = x.shape
     oc, kh, kw, ic = w.shape
     if ic < 1 or c % ic or oc % (c // ic) or y.shape[3] != oc:
         raise _fail(graph, op, f"input with {c} channels, filter {list(w.shape)}, output with {y.shape[3]} channels",
                     "filter depth dividing the input depth (groups) and output channels = filters, a multiple "
                     "of the groups")
-    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
-    a = op.attrs
-    scales = _weight_scales(graph, op, w, oc)
-    mult, shift = conv_multipliers(x, scales, y, oc)
-    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, padded)
+    rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb) = _conv_prepare(graph, op, x, y, kh, kw, oc, w, wsum)
+    a = op.attrs
     return rq, scales, (n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
                         a["dilation_w"], pt, pl, c // ic, padded, xzp_in, x.zero_point, bi, bb)
 
@@ -484,22 +497,16 @@ def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
 
 def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
     """DEPTHWISE_CONV_2D's Prepare: the requantization, the weight scales and depthwise_func's arguments."""
-    x, w, y = _check_tensors(graph, op, 4)
-    if len(x.shape) != 4 or len(y.shape) != 4:
-        raise _fail(graph, op, f"input shape {list(x.shape)}, output shape {list(y.shape)}", "NHWC (rank-4) tensors")
+    x, w, y = _nhwc_tensors(graph, op)
     n, h, wd, c = x.shape
     one, kh, kw, oc = w.shape
     dm = op.attrs.get("depth_multiplier", 0)
     if one != 1 or oc != c * dm or y.shape[3] != oc:
         raise _fail(graph, op, f"input with {c} channels, filter {list(w.shape)}, depth_multiplier {dm}, output "
                     f"with {y.shape[3]} channels", "filter (1, KH, KW, C * depth_multiplier) matching the output")
-    oh, ow, pt, pl, padded = _window(graph, op, x, y, kh, kw)
-    a = op.attrs
-    scales = _weight_scales(graph, op, w, oc)
-    mult, shift = conv_multipliers(x, scales, y, oc)
-    rq = Requant(mult, shift, y.zero_point, *activation_range(a["activation"], y))
     wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
-    xzp_in, bi, bb = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, padded)
+    rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb) = _conv_prepare(graph, op, x, y, kh, kw, oc, w, wsum)
+    a = op.attrs
     return rq, scales, (n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
                         a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb)
 
