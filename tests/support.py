@@ -112,3 +112,24 @@ def require_target(name: str = "cortex-m4") -> dict:
     except ToolchainError as e:
         pytest.skip(str(e))
     return target
+
+
+def peft_adapter(base, out_dir: Path, seed: int = 1, magnitude: float = 0.3, **config):
+    """A PEFT LoRA model on a copy of the torch module `base` with random non-zero A and B (N(0, magnitude^2)),
+    saved to `out_dir` (config: peft.LoraConfig's arguments); returns the PEFT model in eval mode."""
+    import copy
+    import warnings
+
+    import peft
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**config))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * magnitude)  # fresh B is zero: a no-op adapter would prove nothing
+    model.save_pretrained(str(out_dir))
+    return model.eval()

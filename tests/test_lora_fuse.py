@@ -24,6 +24,7 @@ from edgec.oracle.ir_export import graph_to_tflite
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.pipeline import apply_adapters
 from edgec.quantize import quantize_graph
+from support import peft_adapter
 
 nn = torch.nn
 REL_TOL = 1e-4  # fused float graph vs PEFT's float forward, relative to the output's max magnitude
@@ -90,18 +91,6 @@ def _base(cls, seed: int = 0, **kw) -> nn.Module:
     return m
 
 
-def _adapter(base: nn.Module, out_dir: Path, seed: int = 1, magnitude: float = 0.3, **config) -> nn.Module:
-    """PEFT LoRA on a copy of `base` with random (non-zero) A and B, saved to `out_dir`; the PEFT model."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**config))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p) * magnitude)  # fresh B is zero: a no-op adapter would prove nothing
-    model.save_pretrained(str(out_dir))
-    return model.eval()
 
 
 def _export(model: nn.Module, shape, path: Path, dynamo: bool) -> Path:
@@ -156,7 +145,7 @@ def work(tmp_path_factory) -> Path:
 def test_fused_float_matches_peft(work: Path, cfg: str, dynamo: bool) -> None:
     base = _base(ConvNet)
     adir = work / f"conv_{cfg}"
-    peft_model = _adapter(base, adir, **CONV_CONFIGS[cfg])
+    peft_model = peft_adapter(base, adir, **CONV_CONFIGS[cfg])
     onnx_path = _export(base, (1, 3, 4, 4), work / f"conv_{cfg}_{dynamo}.onnx", dynamo)
     x = np.random.default_rng(0).normal(size=(5, 3, 4, 4)).astype(np.float32)
     graph = read_onnx(onnx_path)
@@ -176,7 +165,7 @@ def test_batchnorm_folded_by_edgec_is_exact(work: Path) -> None:
     conv and scales ΔW by gamma / sqrt(var + eps) the same way."""
     base = _base(ConvNet, bn=True)
     adir = work / "bn"
-    peft_model = _adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1", "fc"])
+    peft_model = peft_adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1", "fc"])
     onnx_path = _export(base, (1, 3, 4, 4), work / "bn.onnx", dynamo=False)
     x = np.random.default_rng(1).normal(size=(5, 3, 4, 4)).astype(np.float32)
     fused, rows = apply_adapters(read_onnx(onnx_path), str(onnx_path), [("a", adir)])
@@ -188,7 +177,7 @@ def test_batchnorm_folded_by_dynamo_exporter_is_refused(work: Path) -> None:
     """The trap: dynamo folds BN into 'conv1.weight' and keeps the name; merging by name would be wrong."""
     base = _base(ConvNet, bn=True)
     adir = work / "bn_dyn"
-    _adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1"])
+    peft_adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1"])
     onnx_path = _export(base, (1, 3, 4, 4), work / "bn_dyn.onnx", dynamo=True)
     assert (work / "bn_dyn.onnx.data").is_file()  # external weights are read too
     code, out = _cli("build", onnx_path, "-t", "host", "-o", work / "out_bn_dyn", "--calibration", "random",
@@ -197,7 +186,7 @@ def test_batchnorm_folded_by_dynamo_exporter_is_refused(work: Path) -> None:
     assert "folded a BatchNorm into initializer 'conv1.weight'" in out and "do_constant_folding=False" in out
     # Modules the exporter did not touch still fuse from the same file.
     adir2 = work / "bn_dyn_fc"
-    peft_model = _adapter(base, adir2, r=4, lora_alpha=8, target_modules=["fc"])
+    peft_model = peft_adapter(base, adir2, r=4, lora_alpha=8, target_modules=["fc"])
     x = np.random.default_rng(2).normal(size=(3, 3, 4, 4)).astype(np.float32)
     fused, _ = apply_adapters(read_onnx(onnx_path), str(onnx_path), [("a", adir2)])
     assert _rel_err(run_float(fused, [x])[0], _forward(peft_model, x)) < REL_TOL
@@ -206,7 +195,7 @@ def test_batchnorm_folded_by_dynamo_exporter_is_refused(work: Path) -> None:
 def test_verify_onnx_fused_bitexact_and_sqnr(work: Path) -> None:
     base = _base(ConvNet)
     adir = work / "verify"
-    peft_model = _adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1", "conv2", "fc"])
+    peft_model = peft_adapter(base, adir, r=4, lora_alpha=8, target_modules=["conv1", "conv2", "fc"])
     onnx_path = _export(base, (1, 3, 4, 4), work / "verify.onnx", dynamo=False)
     cal = np.random.default_rng(3).normal(size=(32, 1, 3, 4, 4)).astype(np.float32)
     np.savez(work / "cal.npz", x=cal)
@@ -232,7 +221,7 @@ def test_int8_tflite_base_with_adapter_map(work: Path) -> None:
     adir = work / "int8"
     # A fine-tuning-sized change: the int8 base keeps its calibrated activation ranges, which a large ΔW
     # would saturate.
-    peft_model = _adapter(base, adir, magnitude=0.12, r=4, lora_alpha=4, target_modules=["0", "2"])
+    peft_model = peft_adapter(base, adir, magnitude=0.12, r=4, lora_alpha=4, target_modules=["0", "2"])
     onnx_path = _export(base, (1, 16), work / "mlp.onnx", dynamo=False)
     rng = np.random.default_rng(5)
     cal = [[x] for x in rng.normal(size=(64, 1, 16)).astype(np.float32)]
@@ -277,7 +266,7 @@ def test_int8_tflite_base_with_adapter_map(work: Path) -> None:
 def head(work: Path) -> tuple[nn.Module, Path, Path]:
     base = _base(Head)
     adir = work / "head"
-    _adapter(base, adir, r=2, lora_alpha=4, target_modules=["fc"])
+    peft_adapter(base, adir, r=2, lora_alpha=4, target_modules=["fc"])
     return base, adir, _export(base, (1, 16), work / "head.onnx", dynamo=False)
 
 
@@ -313,7 +302,7 @@ def test_bin_adapter(work: Path, head) -> None:
 def test_refuses_dora(work: Path, head) -> None:
     base, _, onnx_path = head
     adir = work / "dora"
-    _adapter(base, adir, r=2, lora_alpha=4, target_modules=["fc"], use_dora=True)
+    peft_adapter(base, adir, r=2, lora_alpha=4, target_modules=["fc"], use_dora=True)
     assert "use_dora=true" in _build_error(work, onnx_path, "--adapter", f"a={adir}")
 
 
@@ -345,7 +334,7 @@ def test_refuses_unmatched_ambiguous_and_mismatched(work: Path, head) -> None:
 def test_refuses_depthwise_in_fuse_mode(work: Path) -> None:
     base = _base(DepthwiseNet)
     adir = work / "dw"
-    _adapter(base, adir, r=8, lora_alpha=8, target_modules=["dw"])
+    peft_adapter(base, adir, r=8, lora_alpha=8, target_modules=["dw"])
     onnx_path = _export(base, (1, 3, 4, 4), work / "dw.onnx", dynamo=False)
     assert "depthwise/grouped convolution" in _build_error(work, onnx_path, "--adapter", f"a={adir}")
 

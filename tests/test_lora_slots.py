@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from edgec.cli.main import main
 from edgec.cli.verify import run_project
 from edgec.pipeline import build
-from support import require_target
+from support import peft_adapter, require_target
 
 nn = torch.nn
 ONE = 1 << 16  # Q16 scale 1.0
@@ -49,15 +49,7 @@ def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: st
     record PEFT's ΔW per layer (merge_and_unload, which PEFT refuses for grouped/depthwise convs)."""
     deltas = {}
     for name, (seed, cfg) in configs.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**cfg))
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if "lora_" in pname:
-                    p.copy_(torch.randn_like(p) * 0.08)  # fresh B is zero: a no-op adapter would prove nothing
-        model.save_pretrained(str(work / name))
+        model = peft_adapter(base, work / name, seed=seed, magnitude=0.08, **cfg)
         if merge:
             merged = model.merge_and_unload()
             # PEFT's own ΔW of every layer (merged weights minus the base's).
