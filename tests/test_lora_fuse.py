@@ -91,8 +91,6 @@ def _base(cls, seed: int = 0, **kw) -> nn.Module:
     return m
 
 
-
-
 def _export(model: nn.Module, shape, path: Path, dynamo: bool) -> Path:
     x = torch.zeros(shape)
     with warnings.catch_warnings():
