@@ -164,7 +164,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
                 calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
                 warn=print, adapters: list[tuple[str, Path]] | None = None, adapter_mode: str | None = None,
                 adapter_map: str | Path | dict | None = None, slots: int | None = None,
-                ota_pubkeys: list[Path] | None = None) -> BuildResult:
+                ota_pubkeys: list[Path] | None = None, train=None) -> BuildResult:
     """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs.
 
     With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
@@ -172,13 +172,20 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     slots mode (`slots`: number of slots, default the number of adapters): `source_graph` is the float base
     without adapters, quantized as usual (or the int8 base as read); the adapted FULLY_CONNECTED, CONV_2D (groups=1)
     and DEPTHWISE_CONV_2D layers get slot kernels. `ota_pubkeys` (PEM public keys; slots mode): A/B banks and
-    the OTA receiver, accepting patches signed by those keys (docs/ota-format.md)."""
+    the OTA receiver, accepting patches signed by those keys (docs/ota-format.md). `train`
+    (edgec.train.plan.TrainOptions): the on-device training step for an adapter given with `adapters` or a
+    new one (slots mode, A/B banks; docs/training.md)."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)
     adapter_rows: list[dict] = []
     plan = slot_adapters = None
     mode = adapter_mode_for(target, adapter_mode) if adapters else None
+    if train is not None:
+        train.check()
+        mode = adapter_mode or "slots"
+        if mode != "slots":
+            raise EdgecError("--train trains the adapter of a slot: it needs --adapter-mode slots")
     if slots is not None and mode != "slots":
         raise EdgecError("--slots needs --adapter-mode slots and at least one --adapter")
     if ota_pubkeys and mode != "slots":
@@ -189,14 +196,22 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         from edgec.ota.keys import load_public_raw
 
         ota_keys = [load_public_raw(p) for p in ota_pubkeys]
+    elif train is not None:
+        ota_keys = []  # A/B banks for the checkpoints, no key: local updates only
     if mode == "slots":
         from edgec.passes.lora_slots import plan_slots
 
         if precision != "int8":
             raise EdgecError("adapter mode 'slots' generates int8 code only; use --precision int8 (or fuse mode)")
         mapping = adapter_map if isinstance(adapter_map, dict) else load_adapter_map(adapter_map)
-        slot_adapters = read_adapters(adapters)
-        plan = plan_slots(source_graph, slot_adapters, slots, mapping)
+        slot_adapters = read_adapters(adapters or [])
+        if train is not None and train.adapter not in [a.name for a in slot_adapters]:
+            from edgec.train.plan import add_new_adapter
+
+            plan = plan_slots(source_graph, slot_adapters, len(slot_adapters) if slots is None else slots, mapping)
+            add_new_adapter(source_graph, plan, train, slots is None)
+        else:
+            plan = plan_slots(source_graph, slot_adapters, slots, mapping)
         adapter_rows = plan.report()
     elif adapters:
         source_graph, adapter_rows = apply_adapters(source_graph, str(model_path), adapters, mode, adapter_map)
@@ -206,6 +221,11 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
                                                  calibration_method, warn)
     lowered = lower_graph(graph, plan.layers if plan is not None else None)
     mem = plan_memory(graph, lowered.ops)
+    training = None
+    if train is not None:
+        from edgec.train.plan import plan_for_adapter
+
+        training = plan_for_adapter(graph, plan, train, lowered.adapter_banks)
     report = {
         "edgec_report_version": 1,
         "model": Path(model_path).name,
@@ -228,6 +248,13 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     if mem.arena_bytes > target["ram_bytes"]:
         raise EdgecError(f"{model_path}: the arena needs {mem.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")
+    if training is not None:
+        report["training"] = training.report()
+        need = mem.arena_bytes + report["training"]["memory_bytes"]["total"]
+        if need > target["ram_bytes"]:
+            raise EdgecError(f"{model_path}: training needs {need} bytes of RAM (arena {mem.arena_bytes} + training "
+                             f"{report['training']['memory_bytes']['total']}) but target {target['name']} has "
+                             f"{target['ram_bytes']}: train fewer layers, a lower rank or B only")
     weights = sum(graph.t(t).nbytes for t in {a.tensor for lo in lowered.ops for a in lo.args
                                                 if a.kind == "tensor" and graph.t(a.tensor).is_const})
     if weights > target["flash_bytes"]:
@@ -235,7 +262,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
                          f"{target['flash_bytes']} bytes of flash")
     report["build_seconds"] = 0.0
     render_project(lowered, mem, Path(out_dir), model_bytes, Path(model_path).name, target, report, slot_plan=plan,
-                   ota_keys=ota_keys)
+                   ota_keys=ota_keys, training=training)
     report["build_seconds"] = round(time.perf_counter() - start, 3)
     return BuildResult(report, source_graph, graph, samples, plan, slot_adapters)
 

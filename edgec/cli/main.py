@@ -90,6 +90,46 @@ def model_options(func):
     return func
 
 
+def train_options(func):
+    """`edgec build` options of on-device training (docs/training.md)."""
+    for option in reversed([
+        click.option("--train", "train_adapter", default=None, metavar="ADAPTER|NEW",
+                     help="Emit the on-device training step (src/train.c) for the --adapter of this name, or for "
+                          "a new adapter of this name in its own slot."),
+        click.option("--train-layers", default="auto", show_default=True, metavar="auto|OP,OP,...",
+                     help="Layers to train (op indices, see `edgec inspect`); auto: a new adapter's last two "
+                          "FULLY_CONNECTED/CONV_2D/DEPTHWISE_CONV_2D layers, an existing adapter's layers."),
+        click.option("--train-rank", type=int, default=4, show_default=True, help="Rank of a new adapter."),
+        click.option("--train-tensors", type=click.Choice(["ab", "b"]), default="ab", show_default=True,
+                     help="Train A and B, or B only."),
+        click.option("--loss", type=click.Choice(["xent", "mse"]), default="xent", show_default=True,
+                     help="xent: cross-entropy of the softmax (a final SOFTMAX is folded in); mse: mean squared "
+                          "error of the output."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True),
+        click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate."),
+        click.option("--train-batch", type=click.IntRange(1), default=8, show_default=True,
+                     help="Samples per optimizer step."),
+        click.option("--dp-clip", type=float, default=None, help="DP-SGD: clip each sample's gradient to this L2 norm."),
+        click.option("--dp-noise", type=float, default=None,
+                     help="DP-SGD: Gaussian noise multiplier (noise std = dp-noise * dp-clip per step)."),
+        click.option("--train-seed", type=int, default=0, show_default=True,
+                     help="Seed of a new adapter's initial A."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _train_options(train_adapter: str | None, train_layers: str, train_rank: int, train_tensors: str, loss: str,
+                   optimizer: str, lr: float, train_batch: int, dp_clip: float | None, dp_noise: float | None,
+                   train_seed: int):
+    if train_adapter is None:
+        return None
+    from edgec.train.plan import TrainOptions
+
+    return TrainOptions(train_adapter, train_layers, train_rank, loss, optimizer, lr, train_batch, train_tensors,
+                        dp_clip, dp_noise, train_seed)
+
+
 @main.command("build")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", required=True, help="Target name (see `edgec targets`).")
@@ -98,16 +138,19 @@ def model_options(func):
 @click.option("--ota-pubkey", "ota_pubkeys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Accept OTA adapter patches signed by this Ed25519 public key (PEM; repeatable; slots mode): "
                    "A/B banks per slot and the patch receiver.")
+@train_options
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
 def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
               precision: str, input_layout: str, adapter_specs: tuple[str, ...], adapter_mode: str | None,
-              adapter_map: Path | None, n_slots: int | None, ota_pubkeys: tuple[Path, ...], as_json: bool) -> None:
+              adapter_map: Path | None, n_slots: int | None, ota_pubkeys: tuple[Path, ...], as_json: bool,
+              **train_args) -> None:
     """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
     report = build(model, target, out_dir, precision=precision, calibration=calibration,
                    calibration_method=calibration_method, input_layout=input_layout,
                    warn=lambda m: click.echo(f"edgec: {m}", err=True), ota_pubkeys=list(ota_pubkeys),
+                   train=_train_options(**train_args),
                    **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
     if as_json:
         _emit_json(report)
@@ -253,7 +296,8 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
             as_json: bool) -> None:
     """Run a built project (OUTDIR) on inputs from .npy files, on the host or under QEMU.
 
-    With --activate (slots projects), the harness activates those adapters before every inference. With
+    With --activate (slots projects), the harness activates those adapters before every inference. A
+    project trained with `edgec train` starts from the flash it left (OUTDIR/device-flash.bin). With
     --apply-patch the patch goes through the device's OTA receiver before the first inference (the result
     code is printed; exit code 1 if the receiver rejected it)."""
     import tempfile
@@ -274,9 +318,13 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
             named = [a for a in report.get("adapters", []) if a["slot"] != peek[1] and a["name"] != peek[0]]
             report = {**report, "adapters": named + [{"name": peek[0], "slot": peek[1], "mode": "slots"}]}
     scales = parse_activations(activate, report)
+    from edgec.cli.train import DEVICE_FLASH
+
+    flash = Path(out_dir) / DEVICE_FLASH
+    flash = flash if flash.is_file() else None  # adapters trained by `edgec train` persist there
     with tempfile.TemporaryDirectory(prefix="edgec_run_") as tmp:
         outputs, measured = run_project(Path(out_dir), report, sets, on, Path(tmp),
-                                        [scales] if any(scales) else None, patch_file)
+                                        [scales] if any(scales) else None, patch_file, flash=flash)
     stacked = [np.stack([rec[o] for rec in outputs]) for o in range(len(report["outputs"]))]
     if len(sets) == 1:
         stacked = [a[0] for a in stacked]
@@ -299,6 +347,52 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
         if measured.get("instructions_per_inference"):
             click.echo(f"{measured['instructions_per_inference']:,} instructions per inference (QEMU)")
     if patch_file is not None and measured["ota_result"] != 0:
+        sys.exit(1)
+
+
+@main.command("train")
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--data", "samples", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="SAMPLES.npz: x [N, *input shape] (int8, or float32 to quantize), y [N] class indices (xent) "
+                   "or [N, *output shape] targets (mse).")
+@click.option("--steps", type=click.IntRange(1), required=True, help="Optimizer steps.")
+@click.option("--validate-every", type=click.IntRange(1), default=None,
+              help="Checkpoint (validate, promote if better) every K steps [default: after the last step only].")
+@click.option("--holdout", type=click.IntRange(2), default=5, show_default=True,
+              help="Every K-th sample is held out for validation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test RNG (DP noise).")
+@click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def train_cmd(out_dir: Path, samples: Path, steps: int, validate_every: int | None, holdout: int, seed: int, on: str,
+              as_json: bool) -> None:
+    """Fine-tune the adapter of a project built with --train, on the device (host build or QEMU).
+
+    Feeds the samples into the device's sample buffer, runs the training steps and checkpoints, and reports the
+    loss curve, the validation losses, whether a checkpoint was promoted, RAM and instructions per step. The
+    device's adapter flash is kept in OUTDIR/device-flash.bin: `edgec run OUTDIR --activate NAME` then uses the
+    trained adapter. Exit code 1 if no checkpoint was promoted."""
+    from edgec.cli.train import run_training
+
+    result = run_training(out_dir, samples, steps, validate_every, on, holdout, seed)
+    if as_json:
+        _emit_json(result)
+    else:
+        losses = result["losses"]
+        click.echo(f"trained on {on}: {result['samples']} samples ({result['validation_samples']} held out), "
+                   f"{steps} steps of batch {result['batch']}")
+        click.echo(f"  validation loss at start {result['initial_validation_loss']:.4f}")
+        marks = sorted({0, len(losses) // 4, len(losses) // 2, 3 * len(losses) // 4, len(losses) - 1})
+        click.echo("  training loss " + ", ".join(f"step {i + 1}: {losses[i]:.4f}" for i in marks))
+        for c in result["checkpoints"]:
+            verdict = "promoted" if c["promoted"] else ("discarded" if c["code"] == 0 else f"error {c['code']}")
+            click.echo(f"  checkpoint at step {c['step']}: validation loss {c['validation_loss']:.4f} -> {verdict}")
+        click.echo(f"  training RAM {result['training_ram_bytes']:,} B (+ arena {result['arena_bytes']:,} B)")
+        if result.get("instructions_per_step"):
+            click.echo(f"  {result['instructions_per_step']:,} instructions per training step (QEMU)")
+        if "accuracy_after" in result:
+            click.echo(f"  top-1 on the samples with the adapter active: {result['accuracy_after']:.3f}")
+        click.echo(f"  device flash saved to {Path(out_dir) / 'device-flash.bin'}")
+    if not result["promoted"]:
         sys.exit(1)
 
 

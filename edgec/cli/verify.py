@@ -85,25 +85,27 @@ def parse_activations(specs: tuple[str, ...] | list[str], report: dict) -> list[
 
 def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]], on: str,
                 work_dir: Path, schedule: list[list[int]] | None = None, patch: Path | None = None,
-                resets: tuple[int, ...] = (), measure_patch: bool = False) -> tuple[list[list[np.ndarray]], dict]:
+                resets: tuple[int, ...] = (), measure_patch: bool = False, flash: Path | None = None
+                ) -> tuple[list[list[np.ndarray]], dict]:
     """Run a built project; returns outputs and measurements (flash/RAM/instructions for QEMU).
 
     `schedule` (adapter slots): per input record the Q16 scale of every slot (one row: all records).
     `patch`: an OTA adapter patch fed to the receiver after edgec_init(); the measurements then include
     `ota_result` (the receiver's code, 0 = applied on trial), `ota_slot` and `active_version` / `ota_trial` of
     that slot. `resets`: records before which edgec_init() runs again (a simulated reset). `measure_patch`
-    (QEMU): `instructions_per_inference` counts the patch's reception (begin, write, finish) instead."""
+    (QEMU): `instructions_per_inference` counts the patch's reception (begin, write, finish) instead.
+    `flash`: the adapter region image `edgec train` saved, loaded (and booted) first."""
     from edgec.cli.hooks import hook_source
 
     specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
     extra, measured = [], {}
     work_dir = Path(work_dir).resolve()
     result = work_dir / "ota_result.txt"
-    if schedule or patch is not None or resets:
+    if schedule or patch is not None or resets or flash is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
         hook = work_dir / "edgec_hooks.c"
         hook.write_text(hook_source(schedule, None if patch is None else Path(patch).resolve(), result, resets,
-                                    measure_patch))
+                                    measure_patch, None if flash is None else Path(flash).resolve()))
         extra.append(hook)
         result.unlink(missing_ok=True)
     if on == "host":

@@ -57,10 +57,13 @@ _NP_TO_IR = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np
 
 
 def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: bytes, model_name: str,
-                   target: dict, report: dict, slot_plan=None, ota_keys: list[bytes] | None = None) -> None:
+                   target: dict, report: dict, slot_plan=None, ota_keys: list[bytes] | None = None,
+                   training=None) -> None:
     """Write the C project for `model` into `out_dir` atomically. `slot_plan` (LoRA slots mode, an
     edgec.passes.lora_slots.SlotPlan) adds src/adapters.c and src/edgec_adapters.h; `ota_keys` (raw Ed25519
-    public keys) adds A/B banks and the OTA receiver (runtime_c/ota, copied into runtime/)."""
+    public keys, possibly none) adds A/B banks and the OTA receiver (runtime_c/ota, copied into runtime/);
+    `training` (an edgec.train.plan.TrainPlan) adds the training step (src/train.c, include/edgec_training.h,
+    runtime_c/train)."""
     graph = model.graph
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES / "project")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -68,7 +71,14 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
     common = {"version": __version__, "model_name": model_name,
               "model_hash": hashlib.sha256(model_bytes).hexdigest(), "tvm_version": tvm.__version__}
 
-    arrays, calls = _arrays_and_calls(model, plan)
+    arrays, calls, const_symbol = _arrays_and_calls(model, plan)
+    train_ctx = None
+    if training is not None:
+        from edgec.codegen.training import training_context
+
+        train_ctx = training_context(graph, training, plan.tensor_offset, const_symbol)
+        train_ctx["adapter_id"] = slot_plan.adapters[training.slot].id
+        report["c_defines"] = ["EDGEC_OTA_LOCAL"]
     prototypes = [_prototype(model.kernels_c, name) for name in model.kernel_params]
     weights_bytes = sum(a.nbytes for a in arrays)
     report["weights_bytes"] = weights_bytes
@@ -96,6 +106,7 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
             inputs=[graph.t(t) for t in graph.inputs], outputs=[graph.t(t) for t in graph.outputs]),
         "src/model.c": env.get_template("model.c.j2").render(
             common, calls=calls, slots=slots,
+            prefix_calls=calls[:training.first_op] if training is not None else None,
             input_offsets=[plan.tensor_offset[t] for t in graph.inputs], input_sizes=sizes(graph.inputs),
             output_offsets=[plan.tensor_offset[t] for t in graph.outputs], output_sizes=sizes(graph.outputs)),
         "src/weights.c": env.get_template("weights.c.j2").render(common, arrays=arrays),
@@ -104,6 +115,12 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
+    if train_ctx is not None:
+        files["src/train.c"] = env.get_template("train.c.j2").render(common, **train_ctx)
+        files["include/edgec_training.h"] = env.get_template("edgec_training.h.j2").render(common, **train_ctx)
+        files["include/edgec_train.h"] = (REPO_ROOT / "runtime_c" / "train" / "edgec_train.h").read_text()
+        for name in ("edgec_train.c", "edgec_train_rng.c"):
+            files[f"runtime/{name}"] = (REPO_ROOT / "runtime_c" / "train" / name).read_text()
     if slots:
         files["src/adapters.c"] = env.get_template("adapters.c.j2").render(common, slots=slots)
         files["src/edgec_adapters.h"] = env.get_template("edgec_adapters.h.j2").render(common, slots=slots)
@@ -150,7 +167,7 @@ def _slot_context(slot_plan, banks, target: dict, ota_keys: list[bytes] | None) 
     layout = banks.nbytes if banks is not None else 0
     images = [bytes(im) for im in banks.images] if banks is not None else [b""] * slot_plan.slots
     ctx = {"count": slot_plan.slots, "infos": infos, "page_bytes": page, "layout_bytes": layout, "ota": None}
-    if not ota_keys:
+    if ota_keys is None:
         bank_bytes = max(1, -(-layout // page)) * page
         region = b"".join(im + bytes(bank_bytes - len(im)) for im in images)
     else:
@@ -179,8 +196,9 @@ def _c_bytes(data: bytes) -> str:
     return ", ".join(f"0x{b:02x}" for b in data)
 
 
-def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict]]:
-    """Constant arrays of weights.c and the kernel calls."""
+def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray], list[dict], object]:
+    """Constant arrays of weights.c, the kernel calls, and `const_symbol(array, comment)`, which adds an array
+    to weights.c (once per content) and returns its name."""
     graph = model.graph
     arrays: list[ConstArray] = []
     by_content: dict[tuple, str] = {}
@@ -220,7 +238,7 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray]
                 scratch_cursor += a.scratch_bytes
         calls.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name.replace("*/", "* /"),
                       "kernel": kernel, "args": args})
-    return arrays, calls
+    return arrays, calls, const_symbol
 
 
 def _prototype(kernels_c: str, name: str) -> str:

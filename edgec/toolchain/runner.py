@@ -18,6 +18,7 @@ inference. They are instructions, not cycles of a real core.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -132,6 +133,9 @@ def _project_sources(project_dir: Path) -> tuple[list[Path], list[str]]:
     includes = [f"-I{project_dir / 'include'}", f"-I{RUNTIME_C / 'semihost'}"]
     if (project_dir / "runtime").is_dir():
         includes.append(f"-I{project_dir / 'runtime'}")
+    report = project_dir / "edgec-report.json"
+    if report.is_file():  # features the project needs compiled in (as its CMakeLists.txt defines them)
+        includes += [f"-D{d}" for d in json.loads(report.read_text()).get("c_defines", [])]
     return sources, includes
 
 
@@ -154,7 +158,7 @@ def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = 
 
 
 def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
-                   extra_sources: Sequence[Path] = ()) -> Path:
+                   extra_sources: Sequence[Path] = (), extra_cflags: Sequence[str] = ()) -> Path:
     """Cross-compile the project with harness, semihosting and board startup; returns the ELF."""
     ensure_tools(target)
     sources, includes = _project_sources(project_dir)
@@ -172,7 +176,7 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
         defaults.append("--specs=nano.specs")
     ldflags = [f for f in defaults if f not in ldflags] + ldflags
     cmd = [
-        _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
+        _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []), *extra_cflags,
         "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
         RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "semihost" / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
