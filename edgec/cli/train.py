@@ -76,14 +76,13 @@ def run_training(out_dir: Path, samples: Path, steps: int, validate_every: int |
         log, flash = work / "train_log.bin", work / DEVICE_FLASH
         hook = work / "edgec_train_hooks.c"
         hook.write_text(train_hook_source(work / "samples.bin", log, flash, steps, validate_every, holdout, n, seed))
-        flags = ["-DEDGEC_TRAIN_TEST_RNG"]
         measured: dict = {}
         if on == "host":
-            exe = build_host(out_dir, work, extra_cflags=flags, extra_sources=[hook])
+            exe = build_host(out_dir, work, extra_sources=[hook])
             outputs = run_host(exe, inputs, specs)
         else:
             target = load_target(report["target"])
-            elf = build_firmware(out_dir, target, work, extra_sources=[hook], extra_cflags=flags)
+            elf = build_firmware(out_dir, target, work, extra_sources=[hook])
             outputs, instructions = run_qemu(elf, target, inputs, specs)
             sizes = elf_sizes(elf)
             measured = {"instructions_per_step": instructions, "flash_bytes": sizes["text"] + sizes["data"],

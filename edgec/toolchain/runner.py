@@ -36,8 +36,9 @@ PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_count.c"
 
 HOST_CC = "gcc"
 # EDGEC_FLASH_MEM: the OTA flash HAL on plain memory (runtime_c/ota/edgec_flash_mem.c), right for the host
-# and QEMU test builds; a real board brings its own flash driver instead.
-COMMON_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DEDGEC_FLASH_MEM"]
+# and QEMU test builds; a real board brings its own flash driver instead. EDGEC_TRAIN_TEST_RNG: the seedable
+# generator behind edgec_hal_random (runtime_c/train/edgec_train_rng.c), where a device uses a TRNG.
+COMMON_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-DEDGEC_FLASH_MEM", "-DEDGEC_TRAIN_TEST_RNG"]
 INSTALL_HINT = (
     "install with: apt-get install -y --no-install-recommends "
     "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
@@ -158,7 +159,7 @@ def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = 
 
 
 def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
-                   extra_sources: Sequence[Path] = (), extra_cflags: Sequence[str] = ()) -> Path:
+                   extra_sources: Sequence[Path] = ()) -> Path:
     """Cross-compile the project with harness, semihosting and board startup; returns the ELF."""
     ensure_tools(target)
     sources, includes = _project_sources(project_dir)
@@ -176,7 +177,7 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
         defaults.append("--specs=nano.specs")
     ldflags = [f for f in defaults if f not in ldflags] + ldflags
     cmd = [
-        _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []), *extra_cflags,
+        _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
         "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
         RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "semihost" / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
