@@ -224,3 +224,20 @@ def test_training_build_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(EdgecError, match="training needs .* bytes of RAM"):
         build_model(model, "cortex-m4", out, train=TrainOptions("n"))
     assert not out.exists()
+
+
+def test_bench_training_cost(tmp_path: Path) -> None:
+    """edgec bench's training row: the memory adds up, the firmware holds it, and a step of batch 8 costs more
+    than 8 inferences' worth of the frozen int8 prefix but is measured, not guessed."""
+    require_target("cortex-m4")
+    from edgec.cli.bench import format_table, training_cost
+
+    model = shared_model(KWS)
+    t = training_cost(model.parent, "cortex-m4", tmp_path)
+    m = t["memory_bytes"]
+    assert m["total"] == sum(v for k, v in m.items() if k != "total")
+    assert t["peak_ram_bytes"] == t["arena_bytes"] + m["total"]
+    assert t["firmware_ram_bytes"] >= t["peak_ram_bytes"]
+    assert t["extra_flash_bytes"] > 0
+    assert t["instructions_per_step"] > t["batch"] * t["inference_instructions"] // 2
+    assert "tiny-training" in format_table({"target": "cortex-m4", "counting": "", "models": [], "training": t})

@@ -1,6 +1,6 @@
 """`edgec bench`: the MLPerf Tiny models on a QEMU target, next to TFLite Micro's numbers, and the cost
 of a LoRA adapter on each (a synthetic rank-4 adapter on every CONV_2D / FULLY_CONNECTED layer) in fuse
-mode and in slots mode."""
+mode and in slots mode, the OTA receiver's cost and on-device training's memory and instructions."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgec.cli.verify import random_input_sets_for_model, run_project
 from edgec.errors import EdgecError
 from edgec.frontends.peft_writer import synthetic_adapter
 from edgec.frontends.tflite_reader import read_tflite
 from edgec.oracle.tflm import tflm_min_arena
 from edgec.pipeline import build
+from edgec.train.plan import TrainOptions
 
 MLPERF_TINY = ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
 DEFAULT_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models" / "tflite"
@@ -102,7 +105,40 @@ def ota_patch_cost(models_dir: Path, target_name: str, work: Path, progress=prin
     return {"patch_bytes": patch.stat().st_size, "instructions": measured["instructions_per_inference"]}
 
 
-def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bool = True) -> dict:
+TINY_TRAINING_SRAM = 256 * 1024  # the SRAM budget of on-device training in Lin et al., NeurIPS 2022 (MIT)
+
+
+def training_cost(models_dir: Path, target: str, work: Path, progress=print) -> dict:
+    """KWS with a new rank-4 adapter on its last two layers trained on the device (Adam, batch 8): training
+    memory, firmware flash and RAM, and instructions per training step (one step under QEMU)."""
+    from edgec.cli.train import run_training
+
+    model = models_dir / "kws_ref_model.tflite"
+    progress("training: building kws_ref_model with --train")
+    report = build(model, target, work / "train", train=TrainOptions("bench", optimizer="adam", lr=0.01))
+    plain = build(model, target, work / "plain")
+    rng = np.random.default_rng(0)
+    shape = report["inputs"][0]["shape"]
+    np.savez(work / "samples.npz", x=rng.integers(-128, 128, (16, *shape)).astype(np.int8),
+             y=rng.integers(0, 12, 16))
+    progress("training: one step under QEMU")
+    trained = run_training(work / "train", work / "samples.npz", 1, None, "qemu")
+    _, measured = run_project(work / "plain", plain, [[np.zeros(shape, np.int8)]], "qemu", work / "plain_run")
+    memory = report["training"]["memory_bytes"]
+    return {"model": "kws_ref_model", "layers": [la["op_index"] for la in report["training"]["layers"]],
+            "rank": 4, "optimizer": "adam", "batch": report["training"]["batch"],
+            "trainable_params": report["training"]["trainable_params"], "memory_bytes": memory,
+            "arena_bytes": report["arena_bytes"], "peak_ram_bytes": report["arena_bytes"] + memory["total"],
+            "firmware_ram_bytes": trained["ram_bytes"], "firmware_flash_bytes": trained["flash_bytes"],
+            "extra_flash_bytes": trained["flash_bytes"] - measured["flash_bytes"],
+            "instructions_per_step": trained["instructions_per_step"],
+            "instructions_per_sample": trained["instructions_per_step"] // report["training"]["batch"],
+            "inference_instructions": measured["instructions_per_inference"],
+            "tiny_training_sram_budget_bytes": TINY_TRAINING_SRAM}
+
+
+def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bool = True,
+              training: bool = True) -> dict:
     models_dir = Path(models_dir) if models_dir else DEFAULT_MODELS
     missing = [m for m in MLPERF_TINY if not (models_dir / f"{m}.tflite").is_file()]
     if missing:
@@ -140,6 +176,9 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
             progress("OTA receiver: code size")
             result["ota"] = {**ota_code_size(load_target(target), Path(tmp) / "obj"),
                              "patch": ota_patch_cost(models_dir, target, Path(tmp), progress)}
+    if training:
+        with tempfile.TemporaryDirectory(prefix="edgec_bench_train_") as tmp:
+            result["training"] = training_cost(models_dir, target, Path(tmp), progress)
     return result
 
 
@@ -171,6 +210,21 @@ def format_table(result: dict) -> str:
                       f"frame {ota['largest_stack_frame_bytes']:,} B"),
                   (f"receive + verify + program a {ota['patch']['patch_bytes']:,}-byte patch: "
                   f"{ota['patch']['instructions']:,} instructions")]
+    t = result.get("training")
+    if t:
+        m = t["memory_bytes"]
+        budget = t["tiny_training_sram_budget_bytes"]
+        lines += ["", (f"on-device training, {t['model']} rank-{t['rank']} adapter on ops {t['layers']} "
+                       f"({t['trainable_params']:,} params, {t['optimizer']}, batch {t['batch']}):"),
+                  (f"  training memory {m['total']:,} B (activations {m['activations']:,}, gradients "
+                   f"{m['gradients']:,}, parameters {m['parameters']:,}, optimizer {m['optimizer']:,}, checkpoint "
+                   f"{m['checkpoint_image']:,}) + arena {t['arena_bytes']:,} B = {t['peak_ram_bytes']:,} B "
+                   f"({100 * t['peak_ram_bytes'] / budget:.0f}% of the {budget // 1024} KB SRAM of tiny-training, "
+                   "NeurIPS 2022)"),
+                  (f"  firmware {t['firmware_flash_bytes']:,} B flash (+{t['extra_flash_bytes']:,} B over the plain build: slot kernels, A/B banks, receiver, training), "
+                   f"{t['firmware_ram_bytes']:,} B static RAM"),
+                  (f"  {t['instructions_per_step']:,} instructions per step ({t['instructions_per_sample']:,} per "
+                   f"sample; inference {t['inference_instructions']:,})")]
     return "\n".join(lines)
 
 

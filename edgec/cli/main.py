@@ -437,13 +437,17 @@ def targets_cmd(as_json: bool) -> None:
               show_default=True)
 @click.option("--adapters/--no-adapters", default=True, show_default=True,
               help="Also measure a rank-4 LoRA adapter on each model in fuse and slots mode.")
+@click.option("--training/--no-training", default=True, show_default=True,
+              help="Measure on-device training of a rank-4 KWS adapter (memory, flash, instructions per step).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_cmd(target: str, models_dir: Path | None, out_file: Path, adapters: bool, as_json: bool) -> None:
+def bench_cmd(target: str, models_dir: Path | None, out_file: Path, adapters: bool, training: bool,
+              as_json: bool) -> None:
     """Arena, flash, instructions per inference and build time for the MLPerf Tiny models; with
-    --adapters the flash, RAM and instructions a LoRA adapter costs in fuse and slots mode."""
+    --adapters the flash, RAM and instructions a LoRA adapter costs in fuse and slots mode and the OTA
+    receiver's; with --training the memory, flash and instructions per step of training a KWS adapter."""
     from edgec.cli.bench import format_table, run_bench
 
-    result = run_bench(target, models_dir, _progress(as_json), adapters)
+    result = run_bench(target, models_dir, _progress(as_json), adapters, training)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
