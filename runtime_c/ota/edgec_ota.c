@@ -9,6 +9,11 @@
  * (the padding before a rescale table) stay 0xFF. Every program operation is read back.
  *
  * Little-endian targets (as the slot kernels, which read the rescale tables as int32 words).
+ *
+ * EDGEC_OTA_LOCAL adds edgec_ota_apply_local: it builds a local-origin patch and feeds it through the same
+ * begin/write/finish; S.local (set only there, cleared by begin()) lets that one stream carry the local flag,
+ * skip the key id and signature checks and take counter == floor. Without the define the code is the
+ * over-the-air receiver alone (IS_LOCAL is 0: the same object code as before the option existed).
  */
 #include "edgec_ota.h"
 
@@ -40,6 +45,9 @@ static struct {
     uint32_t empty;   /* bit s: slot s has no active bank */
     int trial, last;  /* slot on trial, slot of the last finish(); -1: none */
     int st;
+#ifdef EDGEC_OTA_LOCAL
+    int local;        /* the stream being received comes from edgec_ota_apply_local */
+#endif
     uint32_t phase, slot, key, layer, t, left, idx, rank; /* layer, t: current record */
     uint32_t bank;    /* region offset of the bank being written */
     uint32_t cur, cseq, cfree; /* counter page scan (see scan()) */
@@ -50,6 +58,12 @@ static struct {
     edgec_sha256_ctx sha;
     uint8_t hdr[HDR], rh[REC], trl[TRL], unit[16];
 } S;
+
+#ifdef EDGEC_OTA_LOCAL
+#define IS_LOCAL S.local
+#else
+#define IS_LOCAL 0
+#endif
 
 static const uint8_t CONFIRMED[16] = {'E', 'D', 'G', 'E', 'C', '-', 'C', 'O', 'N', 'F', 'I', 'R', 'M', 'E', 'D', '.'};
 
@@ -351,6 +365,9 @@ int edgec_ota_begin(void)
     S.left = HDR;
     S.at = S.hdr;
     S.layer = S.t = S.ufill = S.rank = 0;
+#ifdef EDGEC_OTA_LOCAL
+    S.local = 0;
+#endif
     edgec_sha256_init(&S.sha);
     return EDGEC_OTA_OK;
 }
@@ -365,10 +382,10 @@ static int check_header(void)
 {
     const edgec_ota_config_t *cfg = S.cfg;
     const uint8_t *h = S.hdr;
-    uint32_t i, n = 0;
-    if (rd32(h) != TAG('E', 'D', 'G', 'P') || rd32(h + 4) != 1u || rd32(h + 8) != HDR || rd16(h + 106) != 0u ||
-        rd32(h + 124) != 0u || memchr(h + 80, 0, 16) == NULL) {
-        return EDGEC_OTA_ERR_FORMAT; /* (h + 4: version 1 and flags 0) */
+    uint32_t i, n = 0, c, f;
+    if (rd32(h) != TAG('E', 'D', 'G', 'P') || rd32(h + 4) != (1u | (uint32_t)IS_LOCAL << 16) || rd32(h + 8) != HDR ||
+        rd16(h + 106) != 0u || rd32(h + 124) != 0u || memchr(h + 80, 0, 16) == NULL) {
+        return EDGEC_OTA_ERR_FORMAT; /* (h + 4: version 1 and flags 0, or 1 = local origin for a local stream) */
     }
     if (memcmp(h + 16, cfg->base_sha256, 32) != 0) {
         return EDGEC_OTA_ERR_BASE;
@@ -389,11 +406,13 @@ static int check_header(void)
     }
     for (i = 0; i < cfg->keys && memcmp(cfg->key[i].id, h + 116, 8) != 0; i++) {
     }
-    if (i == cfg->keys) {
-        return EDGEC_OTA_ERR_KEY;
+    if (i == cfg->keys && !IS_LOCAL) {
+        return EDGEC_OTA_ERR_KEY; /* (also every patch when the key table is empty) */
     }
     S.key = i;
-    if (rd32(h + 108) <= floor_of(S.slot)) {
+    c = rd32(h + 108);
+    f = floor_of(S.slot);
+    if (IS_LOCAL ? c != f : c <= f) {
         return EDGEC_OTA_ERR_COUNTER;
     }
     /* Erase the inactive bank, its metadata page first: from then on it holds no valid metadata. */
@@ -535,7 +554,7 @@ int edgec_ota_finish(void)
     if (memcmp(d, S.trl, 32) != 0) {
         return fail(EDGEC_OTA_ERR_DIGEST);
     }
-    if (edgec_ed25519_verify(S.trl + 32, S.cfg->key[S.key].public_key, d, 32) != 1) {
+    if (!IS_LOCAL && edgec_ed25519_verify(S.trl + 32, S.cfg->key[S.key].public_key, d, 32) != 1) {
         return fail(EDGEC_OTA_ERR_SIGNATURE);
     }
     if (!empty(s)) {
@@ -571,7 +590,11 @@ int edgec_ota_confirm(void)
         return EDGEC_OTA_ERR_STATE;
     }
     b = active(s) ^ 1u;
+#ifdef EDGEC_OTA_LOCAL
+    r = rd16(meta(b) + 22) & 1u ? EDGEC_OTA_OK : append_counter(s, rd32(meta(b) + 8)); /* local: floor kept */
+#else
     r = append_counter(s, rd32(meta(b) + 8));
+#endif
     if (r == 0) {
         r = prog(moff(b) + 64u, CONFIRMED, 16);
     }
@@ -620,3 +643,108 @@ int edgec_ota_check(int (*healthy)(int slot, void *user), void *user)
     }
     return healthy(S.trial, user) ? edgec_ota_confirm() : edgec_ota_rollback();
 }
+
+/* ---- local-origin updates ---- */
+
+#ifdef EDGEC_OTA_LOCAL
+
+/* One part of the local stream (and to the test tap). */
+static int feed(const uint8_t *p, uint32_t n)
+{
+#ifdef EDGEC_OTA_LOCAL_TAP
+    edgec_ota_local_tap(p, n);
+#endif
+    return edgec_ota_write(p, n);
+}
+
+static void wr16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+int edgec_ota_apply_local(int slot, const uint8_t *image, const char *name, uint32_t id, const uint16_t version[3])
+{
+    /* A's quantization field: float32 1/127, little-endian (0x3C010204) */
+    static const uint8_t a_scale[4] = {0x04, 0x02, 0x01, 0x3C};
+    const edgec_ota_config_t *cfg = S.cfg;
+    uint8_t h[HDR]; /* the header, then each record header, then the trailer */
+    edgec_sha256_ctx sha;
+    uint32_t i, t, n = 0, len;
+    int r;
+    if (cfg == NULL) {
+        return EDGEC_OTA_ERR_STATE;
+    }
+    if (image == NULL || name == NULL || version == NULL) {
+        return EDGEC_OTA_ERR_ARG;
+    }
+    for (len = 0; len < 16u && name[len] != '\0'; len++) {
+    }
+    if (len == 16u) {
+        return EDGEC_OTA_ERR_ARG;
+    }
+    if ((uint32_t)slot >= cfg->slots) {
+        return EDGEC_OTA_ERR_SLOT;
+    }
+    r = edgec_ota_begin(); /* ERR_STATE while a trial is pending; abandons an unfinished update */
+    if (r != 0) {
+        return r;
+    }
+    S.local = 1;
+    for (i = 0; i < cfg->layers; i++) {
+        const edgec_ota_layer_t *l = &cfg->layer[i];
+        n += 3u * REC + (l->k + l->oc) * l->rank + 8u * l->oc;
+    }
+    memset(h, 0, sizeof(h));
+    wr32(h, TAG('E', 'D', 'G', 'P'));
+    wr32(h + 4, 1u | 1u << 16); /* version 1, flags: local origin */
+    wr32(h + 8, HDR);
+    wr32(h + 12, n);
+    memcpy(h + 16, cfg->base_sha256, 32);
+    memcpy(h + 48, cfg->layout_sha256, 32);
+    memcpy(h + 80, name, len);
+    wr32(h + 96, id);
+    for (i = 0; i < 3u; i++) {
+        wr16(h + 100 + 2u * i, version[i]);
+    }
+    wr32(h + 108, floor_of((uint32_t)slot)); /* the counter: the slot's floor */
+    wr16(h + 112, (uint32_t)slot);
+    wr16(h + 114, 3u * cfg->layers);
+    /* key id and reserved fields: 0 */
+    r = feed(h, HDR);
+    for (i = 0; r == 0 && i < cfg->layers; i++) {
+        const edgec_ota_layer_t *l = &cfg->layer[i];
+        for (t = 0; r == 0 && t < 3u; t++) {
+            uint32_t d0 = t == 0u ? l->rank : l->oc, d1 = t == 0u ? l->k : t == 1u ? l->rank : 2u;
+            memset(h, 0, REC);
+            wr16(h, i);
+            h[2] = (uint8_t)t;
+            h[3] = t == 2u ? 2u : 1u;
+            wr32(h + 4, d0);
+            wr32(h + 8, d1);
+            if (t == 0u) {
+                memcpy(h + 12, a_scale, 4);
+            }
+            r = feed(h, REC);
+            if (r == 0) {
+                r = feed(image + (t == 0u ? l->a_offset : t == 1u ? l->b_offset : l->m_offset),
+                         d0 * d1 * (t == 2u ? 4u : 1u));
+            }
+        }
+    }
+    if (r == 0) {
+        /* The trailer: the digest (the receiver's own hash of the header and payload it received), then a
+         * zero signature, which is not checked for a local stream. */
+        sha = S.sha;
+        edgec_sha256_final(&sha, h);
+        memset(h + 32, 0, TRL - 32u);
+        r = feed(h, TRL);
+    }
+    if (r == 0) {
+        r = edgec_ota_finish();
+    }
+    S.local = 0;
+    return r;
+}
+
+#endif /* EDGEC_OTA_LOCAL */

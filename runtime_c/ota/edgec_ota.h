@@ -23,9 +23,10 @@
  *   - No error changes the slot's active bank or slot_state; before finish() succeeds only the
  *     slot's inactive bank is erased and programmed.
  *   - Header checks, in this order, as soon as its 128 bytes arrived: magic, version, flags (the
- *     local-origin bit is refused), header size, reserved fields, name NUL-terminated (FORMAT); base
- *     model hash (BASE); layout hash (LAYOUT); slot (SLOT); record count and payload size against
- *     the layout (FORMAT); key id (KEY); counter > the slot's floor (COUNTER). Then the inactive bank
+ *     local-origin bit is refused: only edgec_ota_apply_local's own stream carries it), header size,
+ *     reserved fields, name NUL-terminated (FORMAT); base model hash (BASE); layout hash (LAYOUT);
+ *     slot (SLOT); record count and payload size against the layout (FORMAT); key id (KEY; not for a
+ *     local stream); counter > the slot's floor (COUNTER; = the floor for a local stream). Then the inactive bank
  *     is erased (its last page, which holds the metadata, first). Record headers: layer, tensor,
  *     dtype and dims must equal the layout (LAYOUT; the quantization field is covered by the digest
  *     only). finish(): TRUNCATED, then DIGEST, then SIGNATURE, then the metadata is written.
@@ -33,11 +34,19 @@
  *     slot's valid confirmed banks).
  *   - The rank in the bank metadata written for a patch is the effective rank of the adapter: the
  *     largest (last non-zero row of A + 1) over the layers (tables are zero-padded to the layout
- *     rank, and the build scales every used row of A to max |.| = 127). Its flags are the header's (0).
+ *     rank, and the build scales every used row of A to max |.| = 127). Its flags are the header's (0;
+ *     bit 0 for a local-origin update).
  *   - Counter pages: with no valid page (a new device), the first confirm() writes page 0 as a
  *     compaction would (one entry per slot, then the header with sequence 1). New entries go after the
  *     last non-erased entry, so a torn entry is skipped, never programmed again.
  *   - Calling edgec_ota_boot again (a second edgec_init) reverts a pending trial, as a reset does.
+ *
+ * Local-origin updates (compiled only with -DEDGEC_OTA_LOCAL): edgec_ota_apply_local writes tables made on
+ * the device (on-device training's checkpoints) through the same receiver as an unsigned patch flagged
+ * local origin; see its declaration below. Without the define neither the function nor any of its code is
+ * compiled: over-the-air-only builds keep their code size and state (checked by tests/test_train_checkpoint.py).
+ * Training-only builds may compile no key at all (keys = 0, key = NULL): boot accepts that, and every
+ * over-the-air patch is then refused with EDGEC_OTA_ERR_KEY.
  *
  * Resources: one static state object of 456 bytes on cortex-m4 (the 128-byte header, the 16-byte record
  * header, the 96-byte trailer, a SHA-256 context, one 16-byte write unit, a few words). No allocation, no
@@ -102,7 +111,7 @@ typedef struct {
     uint32_t page_bytes, write_bytes;
     uint32_t layers;
     const edgec_ota_layer_t *layer;
-    uint32_t keys;
+    uint32_t keys;                /* may be 0 (key NULL): every over-the-air patch fails with ERR_KEY */
     const edgec_ota_key_t *key;
     const uint8_t *region; /* 2*slots banks, then 2 counter pages; read memory-mapped */
 } edgec_ota_config_t;
@@ -113,7 +122,8 @@ extern const edgec_ota_config_t edgec_ota_config;
 /* At start-up (edgec_init): resets the receiver, chooses each slot's active bank (the valid, confirmed,
  * not reverted bank with the higher sequence number), writes the revert unit of every unconfirmed
  * trial, sets slot_state[2s+1] to the active bank's byte offset in the region (bank 2s's when the slot
- * is empty) and leaves the scales slot_state[2s] alone. cfg and slot_state must stay valid. Returns 0,
+ * is empty) and leaves the scales slot_state[2s] alone. cfg and slot_state must stay valid; cfg->key may be
+ * NULL when cfg->keys is 0. Returns 0,
  * EDGEC_OTA_ERR_ARG (bad configuration: nothing else works until a good boot) or EDGEC_OTA_ERR_FLASH
  * (a revert unit could not be written; the slots are set up anyway and the trial is not used). */
 int edgec_ota_boot(const edgec_ota_config_t *cfg, int32_t *slot_state);
@@ -145,8 +155,8 @@ int edgec_ota_write(const uint8_t *chunk, size_t len);
  * uses the new bank ON TRIAL: slot_state[2s+1] = its offset, in RAM only. */
 int edgec_ota_finish(void);
 
-/* Make the trial permanent: append the counter entry, then write the confirm unit. ERR_STATE without
- * a trial. */
+/* Make the trial permanent: append the counter entry (not for a local-origin trial, whose counter is the
+ * floor already), then write the confirm unit. ERR_STATE without a trial. */
 int edgec_ota_confirm(void);
 
 /* Revert the trial (its revert unit; the slot goes back to its active bank). With no trial: revert the
@@ -158,8 +168,35 @@ int edgec_ota_rollback(void);
  * result. EDGEC_OTA_ERR_STATE without a trial, EDGEC_OTA_ERR_ARG for a NULL callback. */
 int edgec_ota_check(int (*healthy)(int slot, void *user), void *user);
 
-/* Slot of the last successful begin..finish since boot, -1 if none. */
+/* Slot of the last successful begin..finish (or edgec_ota_apply_local) since boot, -1 if none. */
 int edgec_ota_last_slot(void);
+
+#ifdef EDGEC_OTA_LOCAL
+/* Write a slot's tables produced on the device (e.g. by on-device training) as a local-origin update: builds
+ * the patch stream (docs/ota-format.md: header with flags bit 0 = local origin, the configuration's base and
+ * layout hashes, counter = the slot's current floor, key id 0, the records of every layer from `image`, the
+ * SHA-256 trailer, a zero signature) and feeds it through begin/write/finish, which for this stream only
+ * accept the local flag, skip the key id and signature checks and require counter == floor (every other check
+ * and error code is the same as for a patch). On success the slot runs the new bank ON TRIAL exactly as after
+ * edgec_ota_finish(); confirm()/rollback()/check() as usual; confirming a local trial appends no counter entry
+ * (the floor stays, carried by the bank's counter). `image`: layout-sized (the bytes the configuration's
+ * layers span, i.e. the bank minus its metadata), the tables at the layers' a/b/m offsets (only those bytes
+ * are read; rows of A and columns of B beyond an adapter's rank must be zero, as edgec_train_quantize_layer
+ * writes them). name: NUL-terminated, at most 15 characters. version: major, minor, patch.
+ * Returns 0, EDGEC_OTA_ERR_STATE (before boot, or while a trial is pending; it abandons an unfinished
+ * over-the-air update like begin()), EDGEC_OTA_ERR_ARG (a NULL pointer, a name of 16 or more characters),
+ * EDGEC_OTA_ERR_SLOT, EDGEC_OTA_ERR_FLASH; as for a patch, no error changes the active bank. Stack: its own
+ * frame (272 bytes on cortex-m4 -Os: a header buffer and a SHA-256 context) plus write()/finish() without
+ * Ed25519, far below an over-the-air finish(). */
+int edgec_ota_apply_local(int slot, const uint8_t *image, const char *name, uint32_t id,
+                          const uint16_t version[3]);
+
+#ifdef EDGEC_OTA_LOCAL_TAP
+/* Test builds only (tests/test_train_checkpoint.py): edgec_ota_apply_local passes every part of the stream it
+ * feeds to this function, which the test driver defines, before writing it. */
+void edgec_ota_local_tap(const uint8_t *bytes, uint32_t len);
+#endif
+#endif
 
 #ifdef __cplusplus
 }

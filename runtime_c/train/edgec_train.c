@@ -427,3 +427,156 @@ const uint8_t *edgec_train_buffer_get(const edgec_train_buffer_t *b, int validat
     }
     return NULL;
 }
+
+/* ---- checkpoint: slot tables (edgec.quantize.adapter_tables.slot_tables, one slot) ---- */
+
+/* The fold factor of a row of A: max |.|, 1 for a zero row (exact: a float value). */
+static double row_fold(const float *row, int k)
+{
+    double m = 0.0;
+    int i;
+    for (i = 0; i < k; i++) {
+        double v = fabs((double)row[i]);
+        if (v > m) {
+            m = v;
+        }
+    }
+    return m > 0.0 ? m : 1.0;
+}
+
+/* Round half away from zero (sign(v) floor(|v| + 0.5)), clip to +-127. */
+static int8_t q127(double v)
+{
+    double r = floor(fabs(v) + 0.5);
+    if (r > 127.0) {
+        r = 127.0;
+    }
+    return (int8_t)(v < 0.0 ? -r : r);
+}
+
+/* mult[2c], mult[2c + 1] hold a double during the call (max_j |B[c, j] fold_j|); memcpy: no aliasing or
+ * alignment assumptions. */
+typedef char edgec_train_double_fits_mult[sizeof(double) <= 2 * sizeof(int32_t) ? 1 : -1];
+
+static double scratch_get(const int32_t *mult, int c)
+{
+    double v;
+    memcpy(&v, mult + 2 * c, sizeof(v));
+    return v;
+}
+
+static void scratch_set(int32_t *mult, int c, double v)
+{
+    memcpy(mult + 2 * c, &v, sizeof(v));
+}
+
+static void no_branch(int8_t *a_q, int8_t *b_q, int32_t *mult, int k, int oc, int rank)
+{
+    int c;
+    memset(a_q, 0, (size_t)rank * (size_t)k);
+    memset(b_q, 0, (size_t)oc * (size_t)rank);
+    for (c = 0; c < oc; c++) {
+        mult[2 * c] = 0;
+        mult[2 * c + 1] = 1;
+    }
+}
+
+static int all_finite(const float *x, long n)
+{
+    long i;
+    for (i = 0; i < n; i++) {
+        if (!isfinite(x[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int edgec_train_quantize_layer(const float *a, const float *b, int r, int k, int oc, int rank, const float *ws,
+                               int8_t *a_q, int8_t *b_q, int32_t *mult)
+{
+    const double u_limit = 4398046511104.0; /* 2^42 */
+    int c, j, i;
+    if (ws == NULL || a_q == NULL || b_q == NULL || mult == NULL || k < 1 || oc < 1 || r < 0 || r > rank ||
+        (r > 0 && (a == NULL || b == NULL || !all_finite(a, (long)r * k) || !all_finite(b, (long)oc * r)))) {
+        return EDGEC_TRAIN_ERR_ARG;
+    }
+    for (c = 0; c < oc; c++) {
+        if (!isfinite(ws[c]) || !(ws[c] > 0.0f)) {
+            return EDGEC_TRAIN_ERR_ARG;
+        }
+    }
+    no_branch(a_q, b_q, mult, k, oc, rank);
+    if (r == 0) {
+        return 0;
+    }
+    for (c = 0; c < oc; c++) {
+        scratch_set(mult, c, 0.0);
+    }
+    /* A: each row scaled to max |.| = 1, times 127; the row's factor folded into B: max |B[c] fold| per c. */
+    for (j = 0; j < r; j++) {
+        const double f = row_fold(a + (long)j * k, k);
+        for (i = 0; i < k; i++) {
+            a_q[(long)j * k + i] = q127((double)a[(long)j * k + i] / f * 127.0);
+        }
+        for (c = 0; c < oc; c++) {
+            double v = fabs((double)b[(long)c * r + j] * f);
+            if (v > scratch_get(mult, c)) {
+                scratch_set(mult, c, v);
+            }
+        }
+    }
+    /* B per output channel: scale sb = max / 127 (1 for a zero row, whose entries are 0). */
+    for (j = 0; j < r; j++) {
+        const double f = row_fold(a + (long)j * k, k);
+        for (c = 0; c < oc; c++) {
+            double sb = scratch_get(mult, c) / 127.0;
+            b_q[(long)c * rank + j] = q127((double)b[(long)c * r + j] * f / (sb > 0.0 ? sb : 1.0));
+        }
+    }
+    /* |u| = |B (A x)| <= max_c sum_j |B[c, j]| 255 sum_i |A[j, i]| (x - z_x spans 255): below 2^42. Only sizes
+     * with r k 127 * 255 * 127 >= 2^42 can reach it. */
+    if ((double)r * (double)k * (127.0 * 255.0 * 127.0) >= u_limit) {
+        for (c = 0; c < oc; c++) {
+            int64_t u = 0;
+            for (j = 0; j < r; j++) {
+                int64_t s = 0;
+                for (i = 0; i < k; i++) {
+                    s += a_q[(long)j * k + i] < 0 ? -a_q[(long)j * k + i] : a_q[(long)j * k + i];
+                }
+                u += (int64_t)(b_q[(long)c * rank + j] < 0 ? -b_q[(long)c * rank + j] : b_q[(long)c * rank + j]) *
+                     255 * s;
+            }
+            if ((double)u >= u_limit) {
+                no_branch(a_q, b_q, mult, k, oc, rank);
+                return EDGEC_TRAIN_ERR_RANGE;
+            }
+        }
+    }
+    /* The rescale: multiplier / 2^shift = (1/127) sb[c] / ws[c]. */
+    for (c = 0; c < oc; c++) {
+        const double real = (1.0 / 127.0) * (scratch_get(mult, c) / 127.0) / (double)ws[c];
+        int e, shift;
+        double m;
+        mult[2 * c] = 0;
+        mult[2 * c + 1] = 1;
+        if (real == 0.0) {
+            continue;
+        }
+        m = floor(frexp(real, &e) * 32768.0 + 0.5);
+        if (m == 32768.0) {
+            m = 16384.0;
+            e++;
+        }
+        shift = 15 - e;
+        if (shift < 1) {
+            no_branch(a_q, b_q, mult, k, oc, rank);
+            return EDGEC_TRAIN_ERR_DWARFS;
+        }
+        if (shift <= 62) {
+            mult[2 * c] = (int32_t)m;
+            mult[2 * c + 1] = shift;
+        }
+    }
+    return 0;
+}

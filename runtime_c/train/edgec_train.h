@@ -7,7 +7,8 @@
  * what the backward pass needs, a backward pass that accumulates the adapter gradients (+=) and, for the layer
  * below, the gradient of the input (=). All arrays are row-major and caller-owned (static memory); nothing
  * here allocates. Status: fully-connected, convolution and depthwise layers, pooling, ReLU, softmax +
- * cross-entropy, MSE, clipping, DP noise, SGD and Adam, the sample buffer (docs/training.md). ADD needs no
+ * cross-entropy, MSE, clipping, DP noise, SGD and Adam, the sample buffer, quantizing a trained layer into its
+ * slot tables for a checkpoint (docs/training.md). ADD needs no
  * kernel: its backward passes gy to both inputs; RESHAPE passes it through.
  */
 #ifndef EDGEC_TRAIN_H
@@ -126,6 +127,28 @@ void edgec_train_buffer_push(edgec_train_buffer_t *b, const uint8_t *record);
  * (NULL when i is out of range). */
 uint32_t edgec_train_buffer_count(const edgec_train_buffer_t *b, int validation);
 const uint8_t *edgec_train_buffer_get(const edgec_train_buffer_t *b, int validation, uint32_t i);
+
+/* Checkpoint: one trained layer's float factors -> the int8 slot tables of its bank (docs/adapters.md, "Scheme";
+ * the same bytes as edgec.quantize.adapter_tables.slot_tables for one slot). */
+#define EDGEC_TRAIN_ERR_ARG (-1)    /* a NULL pointer, a size out of range, a non-finite factor, ws not > 0 */
+#define EDGEC_TRAIN_ERR_RANGE (-2)  /* the branch could overflow int64: |B t| >= 2^42 */
+#define EDGEC_TRAIN_ERR_DWARFS (-3) /* a channel's branch is >= 2^14 of its base weight steps */
+
+/* a [r, k], b [oc, r] float (0 <= r <= rank; a and b may be NULL when r == 0); ws [oc] the base's per-channel
+ * weight scales (finite, > 0). Writes a_q [rank, k] (rows >= r zero), b_q [oc, rank] (columns >= r zero) and
+ * mult [oc, 2] ((multiplier, shift); (0, 1) for a channel without a branch): each row of A is scaled to
+ * max |.| = 1 (1 for a zero row) and that factor folded into B; A * 127 rounded half away from zero, clipped
+ * to +-127 (per-tensor scale 1/127); B per output channel (scale sb[c] = max |B[c]| / 127, same rounding);
+ * multiplier / 2^shift = (1/127) sb[c] / ws[c] with a 15-bit multiplier (from frexp; a multiplier that rounds
+ * to 2^15 becomes 2^14 with the exponent + 1); shift > 62 gives (0, 1) (less than 2^-47 accumulator units).
+ * Computes in double, so the tables equal edgec.quantize.adapter_tables.slot_tables byte for byte.
+ * Returns 0; EDGEC_TRAIN_ERR_ARG (checked first: nothing is written); EDGEC_TRAIN_ERR_RANGE (checked before
+ * DWARFS, as slot_tables) or EDGEC_TRAIN_ERR_DWARFS (shift < 1): then the outputs hold the tables of no branch
+ * (a_q, b_q zero, mult (0, 1)), which add nothing if they are written anyway. mult is also scratch (8 bytes per
+ * channel) during the call. O(r k + oc r) time (the exact |B t| bound, O(oc r k) integer additions, only runs
+ * when r k >= 1,069,332, the smallest size that can reach 2^42); no allocation. */
+int edgec_train_quantize_layer(const float *a, const float *b, int r, int k, int oc, int rank, const float *ws,
+                               int8_t *a_q, int8_t *b_q, int32_t *mult);
 
 #ifdef __cplusplus
 }
