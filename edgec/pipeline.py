@@ -225,7 +225,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     if train is not None:
         from edgec.train.plan import plan_for_adapter
 
-        training = plan_for_adapter(graph, plan, train, lowered.adapter_banks)
+        training = plan_for_adapter(graph, source_graph, plan, train, lowered.adapter_banks)
     report = {
         "edgec_report_version": 1,
         "model": Path(model_path).name,

@@ -192,6 +192,7 @@ def test_worse_checkpoints_are_discarded(tmp_path: Path) -> None:
     code, out = _cli("build", model, "-t", "host", "-o", project, "--train", "big", "--optimizer", "adam",
                      "--lr", "0.01")
     assert code == 0, out
+    assert "training RAM:" in out and "adapter 'big' (slot 0) on #8 CONV_2D r=4, #11 FULLY_CONNECTED r=4" in out
     code, out = _cli("train", project, "--data", data, "--steps", "4", "--validate-every", "2", "--json")
     assert code == 1, out
     result = json.loads(out)
@@ -241,3 +242,90 @@ def test_bench_training_cost(tmp_path: Path) -> None:
     assert t["extra_flash_bytes"] > 0
     assert t["instructions_per_step"] > t["batch"] * t["inference_instructions"] // 2
     assert "tiny-training" in format_table({"target": "cortex-m4", "counting": "", "models": [], "training": t})
+
+
+def _small_net(path: Path) -> None:
+    """A float model edgec quantizes: conv 3x3 (RELU6) -> max pool -> depthwise x2 (RELU) -> 1x1 conv ->
+    residual ADD (RELU6) -> MEAN -> FC, no softmax (an mse model)."""
+    from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
+
+    rng = np.random.default_rng(3)
+    tensors: list[WTensor] = []
+    ops: list[WOp] = []
+
+    def t(name: str, shape: tuple, data=None) -> int:
+        tensors.append(WTensor(name, shape, "int32" if data is not None and data.dtype.kind == "i" else "float32",
+                               data))
+        return len(tensors) - 1
+
+    def w(*shape: int, std: float = 0.4) -> np.ndarray:
+        return rng.normal(0, std, shape).astype(np.float32)
+
+    def op(name: str, ins: list[int], shape: tuple, options: dict | None = None) -> int:
+        out = t(f"{name.lower()}_{len(ops)}", shape)
+        ops.append(WOp(name, ins, [out], options or {}))
+        return out
+
+    x = t("x", (1, 8, 8, 2))
+    c = op("CONV_2D", [x, t("wc", (4, 3, 3, 2), w(4, 3, 3, 2)), t("bc", (4,), w(4))], (1, 8, 8, 4),
+           {"fused_activation_function": "RELU6"})
+    p = op("MAX_POOL_2D", [c], (1, 4, 4, 4), {"filter_height": 2, "filter_width": 2, "stride_h": 2, "stride_w": 2})
+    d = op("DEPTHWISE_CONV_2D", [p, t("wd", (1, 3, 3, 8), w(1, 3, 3, 8)), t("bd", (8,), w(8))], (1, 4, 4, 8),
+           {"depth_multiplier": 2, "fused_activation_function": "RELU"})
+    k = op("CONV_2D", [d, t("wk", (8, 1, 1, 8), w(8, 1, 1, 8)), t("bk", (8,), w(8))], (1, 4, 4, 8))
+    s = op("ADD", [d, k], (1, 4, 4, 8), {"fused_activation_function": "RELU6"})
+    m = op("MEAN", [s, t("axes", (2,), np.array([1, 2], np.int32))], (1, 1, 1, 8), {"keep_dims": True})
+    r = op("RESHAPE", [m, t("shape", (2,), np.array([1, 8], np.int32))], (1, 8))
+    f = op("FULLY_CONNECTED", [r, t("wf", (3, 8), w(3, 8)), t("bf", (3,), w(3))], (1, 3))
+    path.write_bytes(write_tflite(tensors, ops, [x], [f]))
+
+
+def test_generated_gradients_mse_maxpool_add_mean(tmp_path: Path) -> None:
+    """The ops KWS does not have, in generated C against autograd: an mse model quantized by edgec (a QUANTIZE
+    prefix), adapters on a conv with RELU6 and a depthwise with multiplier 2, frozen max pool, 1x1 conv,
+    residual ADD (the depthwise output read twice: gradients accumulate), MEAN and RESHAPE, then an FC
+    adapter; every output clamped to its int8 range as in inference."""
+    import dataclasses
+
+    model = tmp_path / "small.tflite"
+    _small_net(model)
+    project = tmp_path / "p"
+    res = build_model(model, "host", project, calibration="random", warn=lambda m: None,
+                      train=TrainOptions("s", layers="0,2,7", rank=2, loss="mse"))
+    graph, train = res.graph, res.report["training"]
+    first = next(i for i, op in enumerate(graph.ops) if op.index == train["layers"][0]["op_index"])
+    assert graph.ops[first - 1].type == "QUANTIZE" and graph.ops[-1].type == "DEQUANTIZE"
+    rng = np.random.default_rng(5)
+    params = np.zeros(train["params"], np.float32)
+    ref_params = {}
+    for la in train["layers"]:
+        a = rng.normal(0, 1 / np.sqrt(la["k"]), (la["rank"], la["k"])).astype(np.float32)
+        b = rng.normal(0, 0.5, (la["oc"], la["rank"])).astype(np.float32)
+        params[la["a_offset"]:la["a_offset"] + a.size] = a.reshape(-1)
+        params[la["b_offset"]:la["b_offset"] + b.size] = b.reshape(-1)
+        pos = next(i for i, op in enumerate(graph.ops) if op.index == la["op_index"])
+        ref_params[pos] = (a.astype(np.float64), b.astype(np.float64))
+    xin = graph.t(graph.inputs[0])
+    x = rng.normal(0, 1, xin.shape).astype(np.float32)
+    target = rng.normal(0, 1, 3).astype(np.float32)
+    (tmp_path / "params.bin").write_bytes(params.tobytes())
+    (tmp_path / "record.bin").write_bytes(x.tobytes() + target.tobytes())
+    exe = _compile_driver(project, tmp_path)
+    subprocess.run([str(exe), tmp_path / "params.bin", tmp_path / "record.bin", tmp_path / "out.bin",
+                    tmp_path / "arena.bin"], check=True)
+    out = np.fromfile(tmp_path / "out.bin", np.float32)
+    tid = graph.ops[first].inputs[0]
+    row = next(r for r in res.report["ops"] if r["index"] == graph.ops[first].index)
+    offset = next(i["offset"] for i in row["inputs"] if i["tensor"] == tid)
+    t = graph.t(tid)
+    q = np.frombuffer((tmp_path / "arena.bin").read_bytes()[offset:offset + t.size], np.int8)
+    tail_in = ((q.astype(np.float64) - t.zero_point) * np.float32(t.scale)).reshape(t.shape)
+    body = dataclasses.replace(graph, ops=graph.ops[:-1], outputs=list(graph.ops[-1].inputs))  # no DEQUANTIZE
+    loss_ref, grads_ref, _ = tail_loss_and_grads(body, first, ref_params, {tid: tail_in}, target, "mse",
+                                                 saturate=True)
+    assert abs(out[0] - loss_ref) <= 1e-4 * max(1.0, abs(loss_ref))
+    for la, pos in zip(train["layers"], sorted(ref_params)):
+        for off, ref in ((la["a_offset"], grads_ref[pos][0]), (la["b_offset"], grads_ref[pos][1])):
+            got = out[1 + off:1 + off + ref.size].reshape(ref.shape)
+            assert np.linalg.norm(ref) > 0
+            assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4, (la, off)

@@ -60,6 +60,16 @@ def _print_summary(report: dict) -> None:
                    f"max abs error {q['max_abs_error']:.4g}{top1}")
         for layer in q.get("layers", []):
             click.echo(f"    {layer['type']:<18} {layer['sqnr_db']:>7} dB  {layer['name'][:60]}")
+    t = report.get("training")
+    if t:
+        m = t["memory_bytes"]
+        layers = ", ".join(f"#{la['op_index']} {la['op_type']} r={la['rank']}" for la in t["layers"])
+        click.echo(f"training:      adapter '{t['adapter']}' (slot {t['slot']}) on {layers}; {t['loss']}, "
+                   f"{t['optimizer']} lr {t['lr']}, batch {t['batch']}"
+                   + (f", DP-SGD clip {t['dp']['clip']} noise {t['dp']['noise']}" if t["dp"] else ""))
+        click.echo(f"training RAM:  {m['total']:,} bytes besides the arena (activations {m['activations']:,}, "
+                   f"gradients {m['gradients']:,}, parameters {m['parameters']:,}, optimizer {m['optimizer']:,}, "
+                   f"checkpoint image {m['checkpoint_image']:,})")
 
 
 def model_options(func):

@@ -136,14 +136,16 @@ def add_new_adapter(graph: Graph, plan: SlotPlan, options: TrainOptions, grow: b
                                      max(m["rank"] for m in modules), modules))
 
 
-def plan_for_adapter(graph: Graph, slot_plan: SlotPlan, options: TrainOptions, banks) -> TrainPlan:
+def plan_for_adapter(graph: Graph, source_graph: Graph, slot_plan: SlotPlan, options: TrainOptions, banks
+                     ) -> TrainPlan:
     """The training plan for the slot adapter named options.adapter (given with --adapter, or added by
-    `add_new_adapter`); `banks` is the lowering's edgec.lower.ops.slots.AdapterBanks."""
+    `add_new_adapter`) in the compiled `graph`; --train-layers are op indices of `source_graph` (the model as
+    read, which shares tensor ids with `graph`); `banks` is the lowering's edgec.lower.ops.slots.AdapterBanks."""
     slot = next(i for i, a in enumerate(slot_plan.adapters) if a.name == options.adapter)
     own = {tid: f[slot] for tid, f in slot_plan.layers.items() if f[slot] is not None}
     wanted = options.layer_indices()
     if wanted is not None:
-        users = {op.inputs[1]: op.index for op in adaptable_ops(graph)}
+        users = {op.inputs[1]: op.index for op in adaptable_ops(source_graph)}
         missing = sorted(set(wanted) - {users.get(tid) for tid in own})
         if missing:
             raise EdgecError(f"--train-layers: adapter '{options.adapter}' has no LoRA on op(s) "
