@@ -1,4 +1,4 @@
-/* edgec_train.c - see edgec_train.h. Plain loops in float32 (clear first, fast later); math.h for expf, logf,
+/* edgec_train.c - see edgec_train.h. Plain loops in float32; int8 weights are summed in float and scaled once per output; math.h for expf, logf,
  * sqrtf, powf. */
 #include "edgec_train.h"
 
@@ -77,13 +77,33 @@ static int tap(const edgec_train_conv_t *l, int py, int px, int ky, int kx)
     return (iy < 0 || iy >= l->h || ix < 0 || ix >= l->w) ? -1 : iy * l->w + ix;
 }
 
-/* Weight of output channel o, tap (ky, kx), input channel ic (0 for a channel a depthwise o does not read). */
-static float weight(const edgec_train_conv_t *l, int o, int ky, int kx, int ic)
+/* The frozen part of output pixel p: yp[o] = ws[o] * sum of wq * x over the taps (int8 weights summed in
+ * float, scaled once per output). */
+static void conv_frozen(const edgec_train_conv_t *l, const float *x, int py, int px, float *yp)
 {
-    if (l->depthwise) {
-        return ic == o / (l->oc / l->c) ? (float)l->wq[(ky * l->kw + kx) * l->oc + o] * l->ws[o] : 0.0f;
+    const int m = l->depthwise ? l->oc / l->c : 0;
+    int ky, kx, ic, o;
+    for (o = 0; o < l->oc; o++) {
+        float acc = 0.0f;
+        for (ky = 0; ky < l->kh; ky++) {
+            for (kx = 0; kx < l->kw; kx++) {
+                const int i = tap(l, py, px, ky, kx);
+                if (i < 0) {
+                    continue;
+                }
+                if (l->depthwise) {
+                    acc += (float)l->wq[(ky * l->kw + kx) * l->oc + o] * x[i * l->c + o / m];
+                } else {
+                    const int8_t *w = l->wq + ((o * l->kh + ky) * l->kw + kx) * l->c;
+                    const float *xi = x + i * l->c;
+                    for (ic = 0; ic < l->c; ic++) {
+                        acc += (float)w[ic] * xi[ic];
+                    }
+                }
+            }
+        }
+        yp[o] = acc * l->ws[o];
     }
-    return (float)l->wq[((o * l->kh + ky) * l->kw + kx) * l->c + ic] * l->ws[o];
 }
 
 void edgec_train_conv_forward(const edgec_train_conv_t *l, const float *x, float *t, float *y)
@@ -93,28 +113,22 @@ void edgec_train_conv_forward(const edgec_train_conv_t *l, const float *x, float
         for (px = 0; px < l->ow; px++) {
             const int p = py * l->ow + px;
             float *tp = t + p * l->r, *yp = y + p * l->oc;
+            conv_frozen(l, x, py, px, yp);
             for (j = 0; j < l->r; j++) {
-                tp[j] = 0.0f;
-            }
-            for (o = 0; o < l->oc; o++) {
-                yp[o] = 0.0f;
-            }
-            for (ky = 0; ky < l->kh; ky++) {
-                for (kx = 0; kx < l->kw; kx++) {
-                    const int i = tap(l, py, px, ky, kx);
-                    if (i < 0) {
-                        continue;
-                    }
-                    for (ic = 0; ic < l->c; ic++) {
-                        const float xv = x[i * l->c + ic];
-                        for (j = 0; j < l->r; j++) {
-                            tp[j] += l->a[((j * l->kh + ky) * l->kw + kx) * l->c + ic] * xv;
+                float acc = 0.0f;
+                for (ky = 0; ky < l->kh; ky++) {
+                    for (kx = 0; kx < l->kw; kx++) {
+                        const int i = tap(l, py, px, ky, kx);
+                        const float *aj = l->a + ((j * l->kh + ky) * l->kw + kx) * l->c;
+                        if (i < 0) {
+                            continue;
                         }
-                        for (o = 0; o < l->oc; o++) {
-                            yp[o] += weight(l, o, ky, kx, ic) * xv;
+                        for (ic = 0; ic < l->c; ic++) {
+                            acc += aj[ic] * x[i * l->c + ic];
                         }
                     }
                 }
+                tp[j] = acc;
             }
             for (o = 0; o < l->oc; o++) {
                 float lora = 0.0f;
@@ -170,10 +184,23 @@ void edgec_train_conv_backward(const edgec_train_conv_t *l, const float *x, cons
                             acc += l->a[ai] * gt[p * l->r + j];
                         }
                         if (gx != NULL) {
-                            for (o = 0; o < l->oc; o++) {
-                                acc += weight(l, o, ky, kx, ic) * gy[p * l->oc + o];
-                            }
                             gx[i * l->c + ic] += acc;
+                        }
+                    }
+                    if (gx == NULL) {
+                        continue;
+                    }
+                    /* frozen weights: gx[i, ic] += sum_o wq[o, tap, ic] * ws[o] * gy[p, o] */
+                    for (o = 0; o < l->oc; o++) {
+                        const float g = gy[p * l->oc + o] * l->ws[o];
+                        if (l->depthwise) {
+                            gx[i * l->c + o / (l->oc / l->c)] += (float)l->wq[(ky * l->kw + kx) * l->oc + o] * g;
+                        } else {
+                            const int8_t *w = l->wq + ((o * l->kh + ky) * l->kw + kx) * l->c;
+                            float *gxi = gx + i * l->c;
+                            for (ic = 0; ic < l->c; ic++) {
+                                gxi[ic] += (float)w[ic] * g;
+                            }
                         }
                     }
                 }
