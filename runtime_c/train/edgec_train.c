@@ -1,5 +1,5 @@
-/* edgec_train.c - see edgec_train.h. Plain loops in float32; int8 weights are summed in float and scaled once per output; math.h for expf, logf,
- * sqrtf, powf. */
+/* edgec_train.c - see edgec_train.h. Plain loops in float32 (int8 weights summed in float, scaled once per
+ * output channel); math.h for expf, logf, sqrtf, powf. */
 #include "edgec_train.h"
 
 #include <math.h>
