@@ -193,6 +193,10 @@ def test_worse_checkpoints_are_discarded(tmp_path: Path) -> None:
                      "--lr", "0.01")
     assert code == 0, out
     assert "training RAM:" in out and "adapter 'big' (slot 0) on #8 CONV_2D r=4, #11 FULLY_CONNECTED r=4" in out
+    # The emitted project builds the training step on its own: CMake (-Werror) and PlatformIO's flags.
+    assert "-DEDGEC_OTA_LOCAL" in json.loads((project / "library.json").read_text())["build"]["flags"]
+    subprocess.run(["cmake", "-S", project, "-B", tmp_path / "cmake"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", tmp_path / "cmake", "-j2"], check=True, capture_output=True)
     code, out = _cli("train", project, "--data", data, "--steps", "4", "--validate-every", "2", "--json")
     assert code == 1, out
     result = json.loads(out)
