@@ -333,3 +333,25 @@ def test_generated_gradients_mse_maxpool_add_mean(tmp_path: Path) -> None:
             got = out[1 + off:1 + off + ref.size].reshape(ref.shape)
             assert np.linalg.norm(ref) > 0
             assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4, (la, off)
+
+
+def test_training_resumes_from_the_promoted_checkpoint(tmp_path: Path) -> None:
+    """A second session on the same device (its saved flash) starts from the promoted checkpoint, dequantized
+    from the bank: its starting validation loss is the first session's best up to the table rounding; --fresh
+    starts from the build's adapter again."""
+    model = shared_model(KWS)
+    data = tmp_path / "task.npz"
+    np.savez(data, **_shifted_task(model, 40))
+    project = tmp_path / "p"
+    code, out = _cli("build", model, "-t", "host", "-o", project, "--train", "me", "--optimizer", "adam",
+                     "--lr", "0.01")
+    assert code == 0, out
+    first = _train(project, data, "--steps", "10", "--validate-every", "5")
+    assert first["promoted"] and not first["resumed"]
+    best = first["checkpoints"][-1]["best_loss"]
+    second = _train(project, data, "--steps", "1")
+    assert second["resumed"]
+    assert second["initial_validation_loss"] == pytest.approx(best, rel=0.02)
+    assert second["initial_validation_loss"] < 0.8 * first["initial_validation_loss"]
+    fresh = _train(project, data, "--steps", "1", "--fresh")
+    assert fresh["initial_validation_loss"] == pytest.approx(first["initial_validation_loss"], rel=1e-6)

@@ -371,24 +371,27 @@ def run_cmd(out_dir: Path, input_files, on: str, out_file: Path, activate: tuple
 @click.option("--holdout", type=click.IntRange(2), default=5, show_default=True,
               help="Every K-th sample is held out for validation.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test RNG (DP noise).")
+@click.option("--fresh", is_flag=True, help="Start from the build's flash, not from OUTDIR/device-flash.bin (the "
+                                            "adapter promoted by earlier sessions).")
 @click.option("--on", "on", type=click.Choice(["host", "qemu"]), default="host", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def train_cmd(out_dir: Path, samples: Path, steps: int, validate_every: int | None, holdout: int, seed: int, on: str,
-              as_json: bool) -> None:
+def train_cmd(out_dir: Path, samples: Path, steps: int, validate_every: int | None, holdout: int, seed: int,
+              fresh: bool, on: str, as_json: bool) -> None:
     """Fine-tune the adapter of a project built with --train, on the device (host build or QEMU).
 
     Feeds the samples into the device's sample buffer, runs the training steps and checkpoints, and reports the
     loss curve, the validation losses, whether a checkpoint was promoted, RAM and instructions per step. The
     device's adapter flash is kept in OUTDIR/device-flash.bin: `edgec run OUTDIR --activate NAME` then uses the
-    trained adapter. Exit code 1 if no checkpoint was promoted."""
+    trained adapter, and the next `edgec train` continues from it (unless --fresh). Exit code 1 if no
+    checkpoint was promoted."""
     from edgec.cli.train import run_training
 
-    result = run_training(out_dir, samples, steps, validate_every, on, holdout, seed)
+    result = run_training(out_dir, samples, steps, validate_every, on, holdout, seed, fresh)
     if as_json:
         _emit_json(result)
     else:
         losses = result["losses"]
-        click.echo(f"trained on {on}: {result['samples']} samples ({result['validation_samples']} held out), "
+        click.echo(f"trained on {on}{' (resuming the saved flash)' if result['resumed'] else ''}: {result['samples']} samples ({result['validation_samples']} held out), "
                    f"{steps} steps of batch {result['batch']}")
         click.echo(f"  validation loss at start {result['initial_validation_loss']:.4f}")
         marks = sorted({0, len(losses) // 4, len(losses) // 2, 3 * len(losses) // 4, len(losses) - 1})

@@ -53,9 +53,10 @@ def load_samples(path: Path, report: dict) -> tuple[list[np.ndarray], bytes, int
 
 
 def run_training(out_dir: Path, samples: Path, steps: int, validate_every: int | None, on: str, holdout: int = 5,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, fresh: bool = False) -> dict:
     """Train the project's adapter on the device (host build or QEMU firmware); returns the result. The
-    device's adapter region afterwards is saved to OUTDIR/device-flash.bin (`edgec run` loads it)."""
+    device's adapter region afterwards is saved to OUTDIR/device-flash.bin (`edgec run` loads it); a later
+    session starts from it (the last promoted checkpoint) unless `fresh`."""
     from edgec.cli.hooks import train_hook_source
     from edgec.ota.patch import load_report
     from edgec.targets import load_target
@@ -75,7 +76,10 @@ def run_training(out_dir: Path, samples: Path, steps: int, validate_every: int |
         (work / "samples.bin").write_bytes(records)
         log, flash = work / "train_log.bin", work / DEVICE_FLASH
         hook = work / "edgec_train_hooks.c"
-        hook.write_text(train_hook_source(work / "samples.bin", log, flash, steps, validate_every, holdout, n, seed))
+        saved = out_dir / DEVICE_FLASH
+        resumed = saved.is_file() and not fresh
+        hook.write_text(train_hook_source(work / "samples.bin", log, flash, steps, validate_every, holdout, n, seed,
+                                          saved.resolve() if resumed else None))
         measured: dict = {}
         if on == "host":
             exe = build_host(out_dir, work, extra_sources=[hook])
@@ -94,7 +98,8 @@ def run_training(out_dir: Path, samples: Path, steps: int, validate_every: int |
         tmp_flash.replace(out_dir / DEVICE_FLASH)
     start = [e for e in entries if e[0] == 0]
     result = {
-        "on": on, "samples": n, "validation_samples": len(range(0, n, holdout)), "steps": steps,
+        "on": on, "resumed": resumed, "samples": n, "validation_samples": len(range(0, n, holdout)),
+        "steps": steps,
         "batch": report["training"]["batch"], "initial_validation_loss": start[0][3] if start else None,
         "losses": [e[3] for e in entries if e[0] == 1],
         "checkpoints": [{"step": e[1], "validation_loss": e[3], "best_loss": e[4], "promoted": e[2] == 1,
