@@ -172,7 +172,7 @@ def test_dp_training_is_deterministic_per_seed_under_qemu(tmp_path: Path) -> Non
     assert json.loads((project / "edgec-report.json").read_text())["training"]["dp"] == {"clip": 1.0, "noise": 0.5}
     runs = []
     for seed in (7, 7, 8):
-        runs.append(_train(project, data, "--steps", "3", "--on", "qemu", "--seed", str(seed)))
+        runs.append(_train(project, data, "--steps", "3", "--on", "qemu", "--seed", str(seed), "--fresh"))
         runs[-1]["flash"] = (project / "device-flash.bin").read_bytes()
     assert runs[0]["losses"] == runs[1]["losses"] and runs[0]["flash"] == runs[1]["flash"]
     assert runs[0]["checkpoints"] == runs[1]["checkpoints"]
