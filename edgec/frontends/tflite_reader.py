@@ -215,6 +215,9 @@ def _parse(data: bytes, source: str) -> Graph:
     ops = []
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
+        if not 0 <= op.OpcodeIndex() < model.OperatorCodesLength():
+            raise EdgecError(f"{source}: op #{i} has opcode index {op.OpcodeIndex()}, but the model has "
+                             f"{model.OperatorCodesLength()} operator codes (malformed file)")
         opcode = model.OperatorCodes(op.OpcodeIndex())
         code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
         name = _OP_NAMES.get(code, f"builtin code {code}")
