@@ -219,7 +219,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         raise EdgecError("--adapter-map given without --adapter")
     graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
                                                  calibration_method, warn)
-    lowered = lower_graph(graph, plan.layers if plan is not None else None)
+    lowered = lower_graph(graph, plan.layers if plan is not None else None,
+                          target.get("kernel_variant", "portable"))
     mem = plan_memory(graph, lowered.ops)
     training = None
     if train is not None:

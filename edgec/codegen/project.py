@@ -111,10 +111,13 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
             output_offsets=[plan.tensor_offset[t] for t in graph.outputs], output_sizes=sizes(graph.outputs)),
         "src/weights.c": env.get_template("weights.c.j2").render(common, arrays=arrays),
         "src/edgec_weights.h": env.get_template("edgec_weights.h.j2").render(common, arrays=arrays),
-        "src/kernels.c": env.get_template("kernels.c.j2").render(common, kernels_c=model.kernels_c),
+        "src/kernels.c": env.get_template("kernels.c.j2").render(common, kernels_c=model.kernels_c,
+                                                                 micro_kernels=model.micro_kernels),
         "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
+    if model.micro_kernels:
+        files["src/edgec_dsp.h"] = (REPO_ROOT / "runtime_c" / "kernels" / "edgec_dsp.h").read_text()
     if train_ctx is not None:
         files["src/train.c"] = env.get_template("train.c.j2").render(common, **train_ctx)
         files["include/edgec_training.h"] = env.get_template("edgec_training.h.j2").render(common, **train_ctx)

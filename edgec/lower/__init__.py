@@ -14,6 +14,7 @@ from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import Arg, LoweredOp
 from edgec.lower.ops import LOWERINGS, lowering_for
+from edgec.lower.ops.conv import DSP_LOWERINGS
 from edgec.lower.ops.slots import SLOT_LOWERINGS, AdapterBanks
 from edgec.lower.tir_to_c import emit_c
 
@@ -28,14 +29,22 @@ class LoweredModel:
     kernel_params: dict[str, list[str]]  # C symbol -> parameter names
     kernels_c: str  # C definitions of all kernels
     adapter_banks: AdapterBanks | None = None  # LoRA slots mode: every slot's table image
+    micro_kernels: bool = False  # kernels_c calls runtime_c/kernels/edgec_dsp.h
 
 
-def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredModel:
+KERNEL_VARIANTS = ("portable", "dsp")
+
+
+def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str = "portable") -> LoweredModel:
     """Lower every op, share identical kernels, and emit all kernels as one C source.
 
     `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
     FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D ops using that weight get the slot kernel
-    (edgec.lower.ops.slots), whose tables go to `adapter_banks`."""
+    (edgec.lower.ops.slots), whose tables go to `adapter_banks`. `variant` (the target's kernel_variant):
+    "portable" plain C everywhere; "dsp" int8 sums through the micro-kernels of runtime_c/kernels/edgec_dsp.h
+    (bit-exact with portable)."""
+    if variant not in KERNEL_VARIANTS:
+        raise EdgecError(f"kernel variant '{variant}' (supported: {', '.join(KERNEL_VARIANTS)})")
     slots = slots or {}
     banks = AdapterBanks(len(next(iter(slots.values())))) if slots else None
     lowered = []
@@ -44,6 +53,8 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
             lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks))
             continue
         lower = lowering_for(graph, op)
+        if variant == "dsp" and op.type in DSP_LOWERINGS and lower is LOWERINGS[op.type]:  # int8 kernels only
+            lower = DSP_LOWERINGS[op.type]
         if lower is None:
             raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "
                              f"{', '.join(sorted(LOWERINGS))})")
@@ -71,4 +82,4 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None) -> LoweredMo
             by_hash.setdefault(h, []).append(name)
         kernel_of_op.append(name)
     kernels_c = emit_c(funcs, readonly) if funcs else ""
-    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks)
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, "edgec_dsp_" in kernels_c)

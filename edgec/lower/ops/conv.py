@@ -218,11 +218,12 @@ def _at(d, oc):
 
 
 def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
-                rq: Requant, pixel_macro: bool = False):
+                rq: Requant, pixel_macro: bool = False, dsp: bool = False):
     """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
     Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB.
     `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[OB], n, oh, ow, d) instead;
-    `d` is None or an int64 buffer [OC] added to each channel's accumulator before requantization (LoRA slots)."""
+    `d` is None or an int64 buffer [OC] added to each channel's accumulator before requantization (LoRA slots).
+    `dsp`: interior window rows go through the micro-kernels of runtime_c/kernels/edgec_dsp.h."""
     IC = C // G
     FPG = OC // G
     ACC = acc_dtype(KH * KW * IC)
@@ -230,6 +231,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     ROW = KW * IC if DW == 1 and G == 1 else 0
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
+    DSP = dsp and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
 
     # One output pixel (all channels); the LoRA slots kernels reuse it.
     @T.macro
@@ -242,7 +244,11 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                     for i in T.unroll(OB):
                         acc[i] = 0
                     for kh in range(KH):
-                        if UNROLL_ROW:
+                        if DSP:
+                            T.evaluate(T.call_extern("void", "edgec_dsp_dot4", T.address_of(
+                                x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
+                                T.address_of(w[(ocb * OB * KH + kh) * ROW]), KH * ROW, ROW, T.address_of(acc[0])))
+                        elif UNROLL_ROW:
                             for j in T.unroll(ROW):
                                 for i in T.unroll(OB):
                                     acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
@@ -259,10 +265,16 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                                                                    extra=_at(d, ocb * OB + i))
                 for t in range(OC % OB):
                     acc[0] = 0
-                    for kh, j in T.grid(KH, ROW):
-                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                              + ow * SW - PL) * C + j]) - XZP_IN,
-                            T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
+                    if DSP:
+                        for kh in range(KH):
+                            acc[0] = acc[0] + T.call_extern("int32", "edgec_dsp_dot1", T.address_of(
+                                x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
+                                T.address_of(w[((OC - OC % OB + t) * KH + kh) * ROW]), ROW)
+                    else:
+                        for kh, j in T.grid(KH, ROW):
+                            acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                  + ow * SW - PL) * C + j]) - XZP_IN,
+                                T.Cast("int32", w[((OC - OC % OB + t) * KH + kh) * ROW + j]))
                     y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(
                         q, acc[0], BI, OC - OC % OB + t, extra=_at(d, OC - OC % OB + t))
             else:
@@ -378,29 +390,38 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
     return depthwise
 
 
-def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool = False):
+def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool = False, dsp: bool = False):
     """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI.
     `row_macro`: return the T.macro computing one batch row (x, w, q, y, acc[OB], b, d) instead (`d` as in
-    conv2d_func)."""
+    conv2d_func). `dsp`: the sums go through the micro-kernels of runtime_c/kernels/edgec_dsp.h."""
     OB = _OC_BLOCK
     ACC = acc_dtype(K)
+    DSP = dsp and ACC == "int32" and XZP_IN == 0 and WZP == 0 and OB == 4
 
     @T.macro
     def row(x, w, q, y, acc, b, d):
         for ocb in range(OC // OB):
             for i in T.unroll(OB):
                 acc[i] = 0
-            for k in range(K):
-                for i in T.unroll(OB):
-                    acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
-                        (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
+            if DSP:
+                T.evaluate(T.call_extern("void", "edgec_dsp_dot4", T.address_of(x[b * K]),
+                                         T.address_of(w[ocb * OB * K]), K, K, T.address_of(acc[0])))
+            else:
+                for k in range(K):
+                    for i in T.unroll(OB):
+                        acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                            (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
             for i in T.unroll(OB):
                 y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
         for t in range(OC % OB):
             acc[0] = 0
-            for k in range(K):
-                acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
-                    (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
+            if DSP:
+                acc[0] = T.call_extern("int32", "edgec_dsp_dot1", T.address_of(x[b * K]),
+                                       T.address_of(w[(OC - OC % OB + t) * K]), K)
+            else:
+                for k in range(K):
+                    acc[0] = mac(acc[0], T.Cast("int32", x[b * K + k]) - XZP_IN,
+                        (T.Cast("int32", w[(OC - OC % OB + t) * K + k]) - WZP))
             y[b * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t, extra=_at(d, OC - OC % OB + t))
 
     if row_macro:
@@ -490,9 +511,9 @@ def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                         a["dilation_w"], pt, pl, c // ic, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def lower_conv2d(graph: Graph, op: Op) -> LoweredOp:
+def lower_conv2d(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
     rq, _, params = conv2d_setup(graph, op)
-    return _lowered(op, graph.t(op.outputs[0]), rq, conv2d_func(*params, rq), "conv2d")
+    return _lowered(op, graph.t(op.outputs[0]), rq, conv2d_func(*params, rq, dsp=dsp), "conv2d")
 
 
 def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
@@ -542,13 +563,19 @@ def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
     return rq, scales, (x.size // k, k, oc, xzp_in, wzp, bi)
 
 
-def lower_fully_connected(graph: Graph, op: Op) -> LoweredOp:
+def lower_fully_connected(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
     rq, _, params = fc_setup(graph, op)
-    return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq), "fully_connected")
+    return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq, dsp=dsp), "fully_connected")
 
 
 LOWERINGS = {
     "CONV_2D": lower_conv2d,
     "DEPTHWISE_CONV_2D": lower_depthwise,
     "FULLY_CONNECTED": lower_fully_connected,
+}
+
+# kernel_variant "dsp" (targets with the Arm DSP extension): the same kernels with micro-kernel calls.
+DSP_LOWERINGS = {
+    "CONV_2D": lambda graph, op: lower_conv2d(graph, op, dsp=True),
+    "FULLY_CONNECTED": lambda graph, op: lower_fully_connected(graph, op, dsp=True),
 }
