@@ -38,6 +38,16 @@ static inline int32_t edgec_dsp_hi(uint32_t v)
 #define EDGEC_DSP_HI(v) edgec_dsp_hi(v)
 #endif
 
+/* v saturated to [-128, 127] (one SSAT). */
+static inline int32_t edgec_dsp_sat8(int32_t v)
+{
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+    return __ssat(v, 8);
+#else
+    return v < -128 ? -128 : (v > 127 ? 127 : v);
+#endif
+}
+
 /* acc[i] += sum_{j < n} x[j] * w[i * stride + j] for the 4 weight rows i = 0..3. */
 static inline void edgec_dsp_dot4(const int8_t *x, const int8_t *w, int32_t stride, int32_t n, int32_t *acc)
 {
@@ -75,6 +85,46 @@ static inline void edgec_dsp_dot4(const int8_t *x, const int8_t *w, int32_t stri
     acc[3] = a3;
 }
 
+/* Two inputs by two weight rows (a 1x1 convolution's pixel pair and channel pair): acc[2 * p + c] +=
+ * sum_{j < n} x_p[j] * w_c[j] for p, c in {0, 1}. s_p holds x_p[0 .. n & ~3) already sign-extended to int16
+ * and ordered per group of 4 as (x0, x2, x1, x3), the lanes SXTB16 gives the weights, so the inner loop
+ * extends only the weights (the caller extends each pixel once for all its channel pairs); the last n % 4
+ * elements come from x_p. */
+static inline void edgec_dsp_mm2x2(const int16_t *s0, const int16_t *s1, const int8_t *x0, const int8_t *x1,
+                                   const int8_t *w0, const int8_t *w1, int32_t n, int32_t *acc)
+{
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    int32_t j = 0;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+    for (; j + 4 <= n; j += 4) {
+        int32_t x0l, x0h, x1l, x1h;
+        const uint32_t v0 = edgec_dsp_load4(w0 + j), v1 = edgec_dsp_load4(w1 + j);
+        const int32_t w0l = EDGEC_DSP_LO(v0), w0h = EDGEC_DSP_HI(v0), w1l = EDGEC_DSP_LO(v1), w1h = EDGEC_DSP_HI(v1);
+        memcpy(&x0l, s0 + j, 4);
+        memcpy(&x0h, s0 + j + 2, 4);
+        memcpy(&x1l, s1 + j, 4);
+        memcpy(&x1h, s1 + j + 2, 4);
+        a00 = __smlad(x0h, w0h, __smlad(x0l, w0l, a00));
+        a01 = __smlad(x0h, w1h, __smlad(x0l, w1l, a01));
+        a10 = __smlad(x1h, w0h, __smlad(x1l, w0l, a10));
+        a11 = __smlad(x1h, w1h, __smlad(x1l, w1l, a11));
+    }
+#else
+    (void)s0;
+    (void)s1;
+#endif
+    for (; j < n; j++) {
+        a00 = (int32_t)((uint32_t)a00 + (uint32_t)(x0[j] * w0[j]));
+        a01 = (int32_t)((uint32_t)a01 + (uint32_t)(x0[j] * w1[j]));
+        a10 = (int32_t)((uint32_t)a10 + (uint32_t)(x1[j] * w0[j]));
+        a11 = (int32_t)((uint32_t)a11 + (uint32_t)(x1[j] * w1[j]));
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+}
+
 /* sum_{j < n} x[j] * w[j]. */
 static inline int32_t edgec_dsp_dot1(const int8_t *x, const int8_t *w, int32_t n)
 {
@@ -90,6 +140,46 @@ static inline int32_t edgec_dsp_dot1(const int8_t *x, const int8_t *w, int32_t n
         a = (int32_t)((uint32_t)a + (uint32_t)(x[j] * w[j]));
     }
     return a;
+}
+
+/* Depthwise taps of 4 adjacent channels: acc[i] += sum over nh x nw taps of (x[tap + i] - zp) * w[tap + i],
+ * tap (r, c) at x + r * x_row + c * x_col and w + r * w_row + c * w_col. */
+static inline void edgec_dsp_dw4(const int8_t *x, int32_t x_row, int32_t x_col, const int8_t *w, int32_t w_row,
+                                 int32_t w_col, int32_t nh, int32_t nw, int32_t zp, int32_t *acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t r, c;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+    /* zp is 0 for interior windows (the input zero point is folded into the bias): no SSUB16 then. */
+    const int32_t zp2 = (int32_t)(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
+    for (r = 0; r < nh; r++) {
+        const int8_t *xr = x + r * x_row, *wr = w + r * w_row;
+        for (c = 0; c < nw; c++) {
+            const uint32_t xv = edgec_dsp_load4(xr + c * x_col), wv = edgec_dsp_load4(wr + c * w_col);
+            const int32_t xl = zp != 0 ? __ssub16(EDGEC_DSP_LO(xv), zp2) : EDGEC_DSP_LO(xv);
+            const int32_t xh = zp != 0 ? __ssub16(EDGEC_DSP_HI(xv), zp2) : EDGEC_DSP_HI(xv);
+            const int32_t wl = EDGEC_DSP_LO(wv), wh = EDGEC_DSP_HI(wv);
+            a0 = __smlabb(xl, wl, a0);
+            a2 = __smlatt(xl, wl, a2);
+            a1 = __smlabb(xh, wh, a1);
+            a3 = __smlatt(xh, wh, a3);
+        }
+    }
+#else
+    for (r = 0; r < nh; r++) {
+        for (c = 0; c < nw; c++) {
+            const int8_t *xt = x + r * x_row + c * x_col, *wt = w + r * w_row + c * w_col;
+            a0 = (int32_t)((uint32_t)a0 + (uint32_t)((xt[0] - zp) * wt[0]));
+            a1 = (int32_t)((uint32_t)a1 + (uint32_t)((xt[1] - zp) * wt[1]));
+            a2 = (int32_t)((uint32_t)a2 + (uint32_t)((xt[2] - zp) * wt[2]));
+            a3 = (int32_t)((uint32_t)a3 + (uint32_t)((xt[3] - zp) * wt[3]));
+        }
+    }
+#endif
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
 }
 
 #endif /* EDGEC_DSP_H */

@@ -134,6 +134,7 @@ class Requant:
         # SRDHM's INT32_MIN * INT32_MIN saturation needs a multiplier of INT32_MIN (only from a negative
         # scale); without one its test is left out.
         self.never_min = bool(np.all(mult != -(2**31)))
+        self.saturate = False  # kernel variant dsp: saturate with edgec_dsp_sat8 (one SSAT)
         if self.uniform_shift is None:
             self.sections.append(-shift if self.right_only else shift)
 
@@ -171,6 +172,9 @@ class Requant:
                 shifted = i32(i64(total) * (tirx.const(1, "int64") << i64(tirx.max(sh, 0))))
                 return rounding_divide_by_pot(srdhm(shifted, m, b_never_min=self.never_min), tirx.max(-sh, 0))
             scaled = let(q[self.oc + oc], general, "shift")
+        if self.saturate:  # SSAT to int8, then the rest of the activation range
+            sat = T.call_extern("int32", "edgec_dsp_sat8", scaled + self.yzp)
+            return T.Cast("int8", sat if self.lo == -128 and self.hi == 127 else clamp(sat, self.lo, self.hi))
         return T.Cast("int8", clamp(scaled + self.yzp, self.lo, self.hi))
 
 
@@ -232,6 +236,10 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
     DSP = dsp and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
+    # 1x1, stride 1, unpadded: a matrix product (see conv2d_pointwise below), with an int16 scratch argument.
+    POINTWISE = DSP and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED and (H, W) == (OH, OW) and C >= 4
+    P = N * OH * OW
+    C4 = C // 4 * 4
 
     # One output pixel (all channels); the LoRA slots kernels reuse it.
     @T.macro
@@ -319,6 +327,41 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     if pixel_macro:
         return pixel
 
+    if POINTWISE:
+        @T.prim_func(s_tir=True)
+        def conv2d_pointwise(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
+                             y_p: T.handle("int8"), s_p: T.handle("int16")):
+            T.func_attr({"tirx.noalias": True})
+            x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+            w = T.decl_buffer((OC * C,), "int8", data=w_p)
+            q = T.decl_buffer((rq.size,), "int32", data=q_p)
+            y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+            acc = T.sblock_alloc_buffer((OB,), ACC)
+            # A 1x1 convolution is a matrix product: pairs of pixels by pairs of channels (edgec_dsp_mm2x2),
+            # each pixel pair sign-extended to int16 once, into scratch s, in the lane order of SXTB16.
+            s = T.decl_buffer((2 * C4,), "int16", data=s_p)
+            for p2 in range(P // 2):
+                for pi, g, k in T.grid(2, C4 // 4, 4):
+                    s[pi * C4 + g * 4 + k] = T.Cast("int16", x[(2 * p2 + pi) * C + g * 4 + (k % 2) * 2 + k // 2])
+                for c2 in range(OC // 2):
+                    for i in T.unroll(4):
+                        acc[i] = 0
+                    T.evaluate(T.call_extern("void", "edgec_dsp_mm2x2", T.address_of(s[0]), T.address_of(s[C4]),
+                                             T.address_of(x[2 * p2 * C]), T.address_of(x[(2 * p2 + 1) * C]),
+                                             T.address_of(w[2 * c2 * C]), T.address_of(w[(2 * c2 + 1) * C]), C,
+                                             T.address_of(acc[0])))
+                    for pi in T.unroll(2):
+                        for ci in T.unroll(2):
+                            y[(2 * p2 + pi) * OC + 2 * c2 + ci] = rq.expr(q, acc[2 * pi + ci], BI, 2 * c2 + ci)
+                for t in range(OC % 2):
+                    for pi in T.unroll(2):
+                        acc[0] = T.call_extern("int32", "edgec_dsp_dot1", T.address_of(x[(2 * p2 + pi) * C]),
+                                               T.address_of(w[(OC - 1) * C]), C)
+                        y[(2 * p2 + pi) * OC + OC - 1] = rq.expr(q, acc[0], BI, OC - 1)
+            for t in range(P % 2):
+                pixel(x, w, q, y, acc, N - 1, OH - 1, OW - 1, None)
+        return conv2d_pointwise
+
     @T.prim_func(s_tir=True)
     def conv2d(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"), y_p: T.handle("int8")):
         T.func_attr({"tirx.noalias": True})
@@ -333,46 +376,69 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
 
 
 def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
-                   rq: Requant, pixel_macro: bool = False):
+                   rq: Requant, pixel_macro: bool = False, dsp: bool = False):
     """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func.
     `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[1], n, oh, ow, d) instead
-    (`d` as in conv2d_func)."""
+    (`d` as in conv2d_func). `dsp`: blocks of 4 channels (depth multiplier 1) through edgec_dsp_dw4, border
+    windows over their in-image taps only."""
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
     ACC = acc_dtype(KH * KW)
+    DSP = dsp and DM == 1 and DH == 1 and DW == 1 and ACC == "int32" and C >= 4
+    C0 = C // 4 * 4 if DSP else 0  # channels below C0 go through the micro-kernel
+
+    @T.macro
+    def dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section):
+        for i in T.unroll(4):
+            acc[i] = 0
+        T.evaluate(T.call_extern("void", "edgec_dsp_dw4", T.address_of(
+            x[((n * H + oh * SH - PT + kh0) * W + ow * SW - PL + kw0) * C + cb * 4]), W * C, C,
+            T.address_of(w[(kh0 * KW + kw0) * OC + cb * 4]), KW * OC, OC, kh1 - kh0, kw1 - kw0, zp,
+            T.address_of(acc[0])))
+        for i in T.unroll(4):
+            y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
+                                                                     extra=_at(d, cb * 4 + i))
 
     # One output pixel (all channels); the LoRA slots kernel reuses it.
     @T.macro
     def pixel(x, w, q, y, acc, n, oh, ow, d):
         if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
                           and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
-            for c, m in T.grid(C, DM):
+            if DSP:
+                for cb in range(C0 // 4):
+                    dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, 0, KH, 0, KW, XZP_IN, BI)
+            for c, m in T.grid(C - C0, DM):
                 acc[0] = 0
                 if UNROLL:
                     for kh in T.unroll(KH):
                         for kw in T.unroll(KW):
                             acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                  + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
-                                T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
+                                                                  + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP_IN,
+                                T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
                 else:
                     for kh, kw in T.grid(KH, KW):
                         acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                              + ow * SW - PL + kw * DW) * C + c]) - XZP_IN,
-                            T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BI, c * DM + m,
-                                                                          extra=_at(d, c * DM + m))
+                                                              + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP_IN,
+                            T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
+                y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BI, (C0 + c) * DM + m,
+                                                                          extra=_at(d, (C0 + c) * DM + m))
         else:
-            for c, m in T.grid(C, DM):
+            if DSP:
+                for cb in range(C0 // 4):
+                    dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, T.max(PT - oh * SH, 0),
+                              T.min(H + PT - oh * SH, KH), T.max(PL - ow * SW, 0), T.min(W + PL - ow * SW, KW), XZP,
+                              BB)
+            for c, m in T.grid(C - C0, DM):
                 acc[0] = 0
                 for kh in range(KH):
                     if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
                         for kw in range(KW):
                             if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
                                 acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                      + ow * SW - PL + kw * DW) * C + c]) - XZP,
-                                    T.Cast("int32", w[(kh * KW + kw) * OC + c * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + c * DM + m] = rq.expr(q, acc[0], BB, c * DM + m,
-                                                                      extra=_at(d, c * DM + m))
+                                                                      + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP,
+                                    T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
+                y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BB, (C0 + c) * DM + m,
+                                                                      extra=_at(d, (C0 + c) * DM + m))
 
     if pixel_macro:
         return pixel
@@ -384,7 +450,7 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
         w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
         q = T.decl_buffer((rq.size,), "int32", data=q_p)
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((1,), ACC)
+        acc = T.sblock_alloc_buffer((4 if DSP else 1,), ACC)
         for n, oh, ow in T.grid(N, OH, OW):
             pixel(x, w, q, y, acc, n, oh, ow, None)
     return depthwise
@@ -513,7 +579,12 @@ def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
 
 def lower_conv2d(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
     rq, _, params = conv2d_setup(graph, op)
-    return _lowered(op, graph.t(op.outputs[0]), rq, conv2d_func(*params, rq, dsp=dsp), "conv2d")
+    rq.saturate = dsp
+    func = conv2d_func(*params, rq, dsp=dsp)
+    lowered = _lowered(op, graph.t(op.outputs[0]), rq, func, "conv2d")
+    if len(func.params) == 5:  # conv2d_pointwise: a pixel pair's inputs as int16
+        lowered.args.append(Arg.scratch(4 * (params[3] // 4 * 4)))
+    return lowered
 
 
 def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
@@ -532,9 +603,10 @@ def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                         a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def lower_depthwise(graph: Graph, op: Op) -> LoweredOp:
+def lower_depthwise(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
     rq, _, params = depthwise_setup(graph, op)
-    return _lowered(op, graph.t(op.outputs[0]), rq, depthwise_func(*params, rq), "depthwise")
+    rq.saturate = dsp
+    return _lowered(op, graph.t(op.outputs[0]), rq, depthwise_func(*params, rq, dsp=dsp), "depthwise")
 
 
 def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
@@ -565,6 +637,7 @@ def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
 
 def lower_fully_connected(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
     rq, _, params = fc_setup(graph, op)
+    rq.saturate = dsp
     return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq, dsp=dsp), "fully_connected")
 
 
@@ -577,5 +650,6 @@ LOWERINGS = {
 # kernel_variant "dsp" (targets with the Arm DSP extension): the same kernels with micro-kernel calls.
 DSP_LOWERINGS = {
     "CONV_2D": lambda graph, op: lower_conv2d(graph, op, dsp=True),
+    "DEPTHWISE_CONV_2D": lambda graph, op: lower_depthwise(graph, op, dsp=True),
     "FULLY_CONNECTED": lambda graph, op: lower_fully_connected(graph, op, dsp=True),
 }
