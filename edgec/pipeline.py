@@ -164,7 +164,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
                 calibration: str | None = None, calibration_method: str = "minmax", input_layout: str = "model",
                 warn=print, adapters: list[tuple[str, Path]] | None = None, adapter_mode: str | None = None,
                 adapter_map: str | Path | dict | None = None, slots: int | None = None,
-                ota_pubkeys: list[Path] | None = None, train=None) -> BuildResult:
+                ota_pubkeys: list[Path] | None = None, train=None, kernels: str | None = None) -> BuildResult:
     """Compile `model_path` for `target_name` into `out_dir` (see `build`), keeping the graphs.
 
     With adapters, `source_graph` is the model with the adapter merged (the float reference of a fused
@@ -174,7 +174,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     and DEPTHWISE_CONV_2D layers get slot kernels. `ota_pubkeys` (PEM public keys; slots mode): A/B banks and
     the OTA receiver, accepting patches signed by those keys (docs/ota-format.md). `train`
     (edgec.train.plan.TrainOptions): the on-device training step for an adapter given with `adapters` or a
-    new one (slots mode, A/B banks; docs/training.md)."""
+    new one (slots mode, A/B banks; docs/training.md). `kernels`: the kernel variant ("portable" or "dsp",
+    default the target's kernel_variant)."""
     start = time.perf_counter()
     target = load_target(target_name)
     source_graph, model_bytes = load_model(model_path, input_layout)
@@ -219,8 +220,13 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         raise EdgecError("--adapter-map given without --adapter")
     graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
                                                  calibration_method, warn)
-    lowered = lower_graph(graph, plan.layers if plan is not None else None,
-                          target.get("kernel_variant", "portable"))
+    variant = kernels or target.get("kernel_variant", "portable")
+    # The host compiles the dsp variant with the micro-kernels' plain-C fallback (tests); other targets
+    # must have the instructions.
+    if variant != target.get("kernel_variant", "portable") and variant != "portable" and target["name"] != "host":
+        raise EdgecError(f"--kernels {variant}: target {target['name']} does not support it (its kernels: "
+                         f"{target.get('kernel_variant', 'portable')})")
+    lowered = lower_graph(graph, plan.layers if plan is not None else None, variant)
     mem = plan_memory(graph, lowered.ops)
     training = None
     if train is not None:
@@ -235,6 +241,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         "input_layout": input_layout,
         "target": target["name"],
         "precision": "float32" if is_float_graph(graph) else "int8",
+        "kernels": variant,
         "arena_bytes": mem.arena_bytes,
         "arena_lower_bound_bytes": mem.lower_bound_bytes,
         "weights_bytes": 0,

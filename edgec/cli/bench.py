@@ -20,6 +20,9 @@ from edgec.pipeline import build
 from edgec.train.plan import TrainOptions
 
 MLPERF_TINY = ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
+# TFLite Micro with CMSIS-NN kernels on QEMU mps2-an386, counted the same way (figures given in issue #7).
+TFLM_CMSIS_NN = {"kws_ref_model": 7_697_905, "vww_96_int8": 24_101_965, "pretrainedResnet_quant": 29_861_683,
+                 "ad01_int8": 582_967}
 DEFAULT_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models" / "tflite"
 
 
@@ -154,6 +157,12 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
             progress(f"{name}: running under QEMU")
             inputs = random_input_sets_for_model(path.read_bytes(), 1, seed=0)
             _, measured = run_project(Path(tmp) / "project", report, inputs, "qemu", Path(tmp) / "work")
+            portable = None
+            if report["kernels"] != "portable":
+                progress(f"{name}: portable kernels, for comparison")
+                plain = build(path, target, Path(tmp) / "portable", kernels="portable")
+                portable = run_project(Path(tmp) / "portable", plain, inputs, "qemu",
+                                       Path(tmp) / "portable_work")[1]["instructions_per_inference"]
             lora = adapter_costs(path, target, Path(tmp), inputs, measured, progress) if adapters else None
         progress(f"{name}: TFLite Micro minimal arena (bisection)")
         rows.append({
@@ -165,6 +174,9 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
             "flash_bytes": measured["flash_bytes"],
             "ram_bytes": measured["ram_bytes"],
             "instructions_per_inference": measured["instructions_per_inference"],
+            "kernels": report["kernels"],
+            "portable_instructions_per_inference": portable or measured["instructions_per_inference"],
+            **({"tflm_cmsis_nn_instructions": TFLM_CMSIS_NN[name]} if target == "cortex-m4" else {}),
             "build_seconds": round(build_s, 2),
             **({"adapter": lora} if lora else {}),
         })
@@ -184,12 +196,14 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
 
 def format_table(result: dict) -> str:
     head = (f"{'model':<24} {'arena B':>9} {'TFLM min B':>11} {'lower bd B':>11} {'flash B':>9} "
-            f"{'instr/inference':>16} {'build s':>8}")
+            f"{'instr/inference':>16} {'portable':>12} {'TFLM+CMSIS':>11} {'build s':>8}")
     lines = [f"target {result['target']} ({result['counting']})", head, "-" * len(head)]
     for r in result["models"]:
+        cmsis = f"{r['tflm_cmsis_nn_instructions']:,}" if "tflm_cmsis_nn_instructions" in r else "-"
         lines.append(f"{r['model']:<24} {r['arena_bytes']:>9,} {r['tflm_min_arena_bytes']:>11,} "
                      f"{r['arena_lower_bound_bytes']:>11,} {r['flash_bytes']:>9,} "
-                     f"{r['instructions_per_inference']:>16,} {r['build_seconds']:>8.2f}")
+                     f"{r['instructions_per_inference']:>16,} {r['portable_instructions_per_inference']:>12,} "
+                     f"{cmsis:>11} {r['build_seconds']:>8.2f}")
     rows = [r for r in result["models"] if "adapter" in r]
     if rows:
         head = (f"{'rank-4 LoRA adapter':<24} {'layers':>6} {'slot B':>7} {'bank B':>7} {'+code B':>8} {'+RAM B':>7} "

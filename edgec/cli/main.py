@@ -95,6 +95,9 @@ def model_options(func):
                           "TFLite base models)."),
         click.option("--slots", "n_slots", type=click.IntRange(1, 32), default=None,
                      help="slots mode: number of adapter slots [default: the number of --adapter]."),
+        click.option("--kernels", type=click.Choice(["portable", "dsp"]), default=None,
+                     help="Kernel variant [default: the target's kernel_variant]: portable C, or dsp (Arm DSP "
+                          "extension micro-kernels; bit-exact with portable)."),
     ]):
         func = option(func)
     return func
@@ -152,15 +155,15 @@ def _train_options(train_adapter: str | None, train_layers: str, train_rank: int
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as one JSON object.")
 def build_cmd(model: Path, target: str, out_dir: Path, calibration: str | None, calibration_method: str,
               precision: str, input_layout: str, adapter_specs: tuple[str, ...], adapter_mode: str | None,
-              adapter_map: Path | None, n_slots: int | None, ota_pubkeys: tuple[Path, ...], as_json: bool,
-              **train_args) -> None:
+              adapter_map: Path | None, n_slots: int | None, kernels: str | None, ota_pubkeys: tuple[Path, ...],
+              as_json: bool, **train_args) -> None:
     """Compile MODEL (.tflite or .onnx) into a C project in OUTDIR (written atomically)."""
     from edgec.pipeline import build
 
     report = build(model, target, out_dir, precision=precision, calibration=calibration,
                    calibration_method=calibration_method, input_layout=input_layout,
                    warn=lambda m: click.echo(f"edgec: {m}", err=True), ota_pubkeys=list(ota_pubkeys),
-                   train=_train_options(**train_args),
+                   train=_train_options(**train_args), kernels=kernels,
                    **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
     if as_json:
         _emit_json(report)
@@ -230,7 +233,7 @@ def _input_sets(files: tuple[Path, ...], specs: list[dict]) -> list[list[np.ndar
 def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, seed: int, input_files,
                calibration: str | None, calibration_method: str, precision: str, input_layout: str,
                adapter_specs: tuple[str, ...], adapter_mode: str | None, adapter_map: Path | None,
-               n_slots: int | None, activate: tuple[str, ...], as_json: bool):
+               n_slots: int | None, kernels: str | None, activate: tuple[str, ...], as_json: bool):
     """Compare edgec's C output with the reference runtimes. Exit 1 when it does not pass.
 
     int8 code must be bit-exact with TFLite Micro running the same int8 graph. Float and ONNX models are
@@ -250,7 +253,8 @@ def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, s
     extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
     result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json), precision=precision,
                     calibration=calibration, calibration_method=calibration_method, input_layout=input_layout,
-                    activate=activate, **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
+                    activate=activate, kernels=kernels,
+                    **_adapter_args(adapter_specs, adapter_mode, adapter_map, n_slots))
     if as_json:
         _emit_json(result)
     else:
