@@ -176,9 +176,10 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
            calibration: str | None = None, calibration_method: str = "minmax",
            input_layout: str = "model", adapters: list[tuple[str, Path]] | None = None,
            adapter_mode: str | None = None, adapter_map: Path | None = None, slots: int | None = None,
-           activate: tuple[str, ...] = ()) -> dict:
-    """With adapters (fuse mode) the source model's reference is the base with the adapter merged: edgec's
-    float reference interpreter on the merged float graph (the ONNX file alone does not hold the adapter);
+           activate: tuple[str, ...] = (), kernels: str | None = None) -> dict:
+    """`kernels`: the kernel variant (default the target's). With adapters (fuse mode) the source model's
+    reference is the base with the adapter merged: edgec's float reference interpreter on the merged float
+    graph (the ONNX file alone does not hold the adapter);
     an int8 base with a fused adapter is checked bit-exact against TFLM on the requantized graph.
 
     Slots mode: the adapters named in `activate` (NAME[:SCALE]) are activated before every inference; the
@@ -192,7 +193,8 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
         progress(f"building {model.name} for {target}")
         built = build_model(model, target, out_dir, precision=precision, calibration=calibration,
                             calibration_method=calibration_method, input_layout=input_layout, warn=progress,
-                            adapters=adapters, adapter_mode=adapter_mode, adapter_map=adapter_map, slots=slots)
+                            adapters=adapters, adapter_mode=adapter_mode, adapter_map=adapter_map, slots=slots,
+                            kernels=kernels)
         graph, report = built.graph, built.report
         slot_mode = built.slot_plan is not None
         if activate and not slot_mode:
