@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by scripts/demo.sh and scripts/test.sh:
-#  1. the Debian packages edgec needs (cross compiler, newlib, QEMU, cmake; clang with its sanitizer and
-#     libFuzzer runtimes for the OTA receiver's fuzz test), installed only when missing,
+#  1. the Debian packages edgec needs (Arm cross compiler, newlib, QEMU; the RISC-V cross compiler and
+#     qemu-system-misc for esp32c3 (no rv32 libc is needed: picolibc-riscv64-unknown-elf is 978 MB and
+#     left out); cmake; clang with its sanitizer and libFuzzer runtimes for the OTA receiver's fuzz test),
+#     installed only when missing,
 #     with --no-install-recommends (without it gcc-arm-none-eabi pulls a 1.5 GB C++ library), via sudo
 #     when not root;
 #  2. a virtualenv in .venv with the pinned Python packages from pyproject.toml, reinstalled only when
@@ -11,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pkg in gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake gcc make clang libclang-rt-14-dev; do
+for pkg in gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc-riscv64-unknown-elf qemu-system-misc \
+           cmake gcc make clang libclang-rt-14-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_pkgs+=(python3-venv); fi

@@ -244,11 +244,12 @@ def verify_cmd(model: Path, target: str, on: str | None, n_inputs: int | None, s
     from edgec.cli.verify import verify
     from edgec.pipeline import load_model, tensor_spec
     from edgec.targets import load_target
+    from edgec.toolchain.runner import require_board
 
     tgt = load_target(target)
     on = on or ("qemu" if tgt.get("qemu_machine") else "host")
-    if on == "qemu" and not tgt.get("qemu_machine"):
-        raise EdgecError(f"target {target} cannot run under QEMU (use --on host)")
+    if on == "qemu":
+        require_board(tgt)
     graph, _ = load_model(model, input_layout)
     extra = _input_sets(tuple(input_files), [tensor_spec(graph.t(t)) for t in graph.inputs]) if input_files else []
     result = verify(model, target, on, n_inputs, seed, extra, _progress(as_json), precision=precision,
@@ -443,7 +444,7 @@ def targets_cmd(as_json: bool) -> None:
         _emit_json({"targets": rows})
         return
     for r in rows:
-        click.echo(f"{r['name']:<14} {r['status']:<10} {r['description']}")
+        click.echo(f"{r['name']:<14} {r['status']:<16} {r['description']}")
 
 
 @main.command("bench")

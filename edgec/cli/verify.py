@@ -19,7 +19,7 @@ from edgec.ir.graph import Graph
 from edgec.oracle.tflm import run_tflm_batch
 from edgec.pipeline import build_model, is_float_graph
 from edgec.targets import load_target
-from edgec.toolchain.runner import build_firmware, build_host, elf_sizes, run_host, run_qemu
+from edgec.toolchain.runner import build_firmware, build_host, elf_sizes, require_board, run_host, run_qemu
 
 FLOAT32_TOLERANCE = 1e-4  # max |C - reference| / max(|reference|) for --precision float32
 
@@ -187,6 +187,8 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
     bit-exact with TFLM on the base graph; with --on qemu, the same inputs also run on the host build and
     must match bit for bit (`bitexact_host_vs_target`)."""
     model = Path(model)
+    if on != "host":
+        require_board(load_target(target))  # refuse before building (e.g. a PlatformIO-only target)
     model_bytes = model.read_bytes()
     with tempfile.TemporaryDirectory(prefix="edgec_verify_") as tmp:
         out_dir = Path(tmp) / "project"

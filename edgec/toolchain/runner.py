@@ -3,12 +3,16 @@
 A generated project has ``include/edgec_model.h`` and ``src/*.c`` (plus optional ``runtime/*.c``).
 It is linked with ``runtime_c/harness/edgec_harness.c``, which streams input records through the
 model (see that file for the record format). Firmware builds add semihosting and a board folder
-``runtime_c/boards/<board>/`` (``startup.c`` + ``link.ld``) and run under ``qemu-system-arm``.
+``runtime_c/boards/<board>/`` (``*.c`` + ``link.ld``) and run under the target's QEMU (semihosting: Arm or
+RISC-V). A target without ``board`` (e.g. status "platformio-only") is refused with a clear error.
 
 Target dicts (parsed from a target TOML) use these keys:
 ``board`` (folder under runtime_c/boards), ``qemu_machine`` (``-M``), ``cflags`` (list, CPU/FPU flags),
 and optionally ``ldflags`` (list), ``cc`` (default ``arm-none-eabi-gcc``; ``nm``/``size`` use the same
-prefix), ``qemu`` (default ``qemu-system-arm``), ``qemu_args`` (list, e.g. ``["-cpu", "..."]``).
+prefix), ``qemu`` (default ``qemu-system-arm``), ``qemu_args`` (list, e.g. ``["-cpu", "..."]``),
+``libs`` (list, linked last; default ``["-lm"]``), ``apt_packages`` (list, for the install hint).
+A target whose ``ldflags`` have ``-nostdlib`` links without newlib (no ``--specs=nano.specs``); its board
+folder then brings the C library pieces it needs (headers in ``<board>/include``, on the include path).
 
 Instruction counts come from a QEMU TCG plugin (``qemu_plugin/insn_count.c``) counting guest
 instructions between the entries of ``edgec_bench_begin`` and ``edgec_bench_end`` for the first
@@ -62,6 +66,7 @@ EXIT_CODES = {
     94: "firmware fault: UsageFault",
     95: "firmware fault: unexpected interrupt",
     96: "firmware fault: stack overflow (increase the stack size)",
+    97: "firmware fault: CPU exception (RISC-V trap; mcause/mepc/mtval in the output)",
     124: "timed out",
     134: "QEMU aborted (CPU lockup, or semihosting not enabled)",
 }
@@ -107,23 +112,40 @@ def _target_tools(target: dict[str, Any]) -> dict[str, str]:
     return {"cc": cc, "nm": prefix + "nm", "size": prefix + "size", "qemu": target.get("qemu", "qemu-system-arm")}
 
 
+def require_board(target: dict[str, Any]) -> None:
+    """ToolchainError unless the target has a QEMU board (``board`` key): e.g. a PlatformIO-only target."""
+    if target.get("board"):
+        return
+    name = target.get("name", "this target")
+    if target.get("status") == "platformio-only":
+        raise ToolchainError(f"{name} is PlatformIO output only: not compiled or run here")
+    raise ToolchainError(f"target {name} has no board support: it cannot be built as firmware or run under QEMU")
+
+
+def _no_libc(target: dict[str, Any]) -> bool:
+    return "-nostdlib" in target.get("ldflags", [])
+
+
 def ensure_tools(target: dict[str, Any] | None = None) -> None:
     """Check that the host compiler (and, for a target, cross tools, newlib and QEMU) are installed.
 
     Raises ToolchainError with an install hint otherwise.
     """
     missing = [t for t in (HOST_CC, "timeout") if shutil.which(t) is None]
+    hint = INSTALL_HINT
     if target is not None:
         tools = _target_tools(target)
         missing += [t for t in tools.values() if shutil.which(t) is None]
-        if shutil.which(tools["cc"]) is not None:
+        if target.get("apt_packages"):
+            hint = "install with: apt-get install -y --no-install-recommends " + " ".join(target["apt_packages"])
+        if shutil.which(tools["cc"]) is not None and not _no_libc(target):
             # Without newlib, -print-file-name echoes the bare name back.
             specs = subprocess.run([tools["cc"], "-print-file-name=nano.specs"], check=False,
                                    capture_output=True, text=True).stdout.strip()
             if not Path(specs).is_file():
                 missing.append("newlib (nano.specs)")
     if missing:
-        raise ToolchainError(f"missing tools: {', '.join(missing)}; {INSTALL_HINT}")
+        raise ToolchainError(f"missing tools: {', '.join(missing)}; {hint}")
 
 
 def _project_sources(project_dir: Path) -> tuple[list[Path], list[str]]:
@@ -161,6 +183,7 @@ def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = 
 def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
                    extra_sources: Sequence[Path] = ()) -> Path:
     """Cross-compile the project with harness, semihosting and board startup; returns the ELF."""
+    require_board(target)
     ensure_tools(target)
     sources, includes = _project_sources(project_dir)
     sources += [Path(p) for p in extra_sources]
@@ -173,15 +196,18 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
     # Target TOMLs may repeat the default link flags; a second --specs is a gcc error.
     ldflags = list(target.get("ldflags", []))
     defaults = ["-nostartfiles", "-Wl,--gc-sections"]
-    if not any(f.startswith("--specs=") for f in ldflags):
+    if not any(f.startswith("--specs=") for f in ldflags) and not _no_libc(target):
         defaults.append("--specs=nano.specs")
     ldflags = [f for f in defaults if f not in ldflags] + ldflags
+    if (board / "include").is_dir():  # the board's own libc headers (targets linked with -nostdlib)
+        includes.append(f"-I{board / 'include'}")
     cmd = [
         _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
         "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
         RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "semihost" / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
-        f"-T{board / 'link.ld'}", f"-Wl,-Map={work_dir / 'firmware.map'}", *ldflags, "-lm", "-o", elf,
+        f"-T{board / 'link.ld'}", f"-Wl,-Map={work_dir / 'firmware.map'}", *ldflags,
+        *target.get("libs", ["-lm"]), "-o", elf,
     ]
     _run(cmd, "firmware build")
     return elf
@@ -279,6 +305,7 @@ def run_qemu(elf: Path, target: dict[str, Any], inputs: Sequence[Sequence[np.nda
     """
     if count_instructions and not inputs:
         raise ToolchainError("cannot count instructions without at least one input record")
+    require_board(target)
     ensure_tools(target)
     tools = _target_tools(target)
     elf = Path(elf).resolve()

@@ -1,10 +1,10 @@
-/* edgec_semihost.c - ARM semihosting calls, see edgec_semihost.h. */
+/* edgec_semihost.c - ARM semihosting calls (Cortex-M and RISC-V), see edgec_semihost.h. */
 #include "edgec_semihost.h"
 
 #include <stdint.h>
 
-#if !defined(__arm__) || !defined(__thumb__)
-#error "edgec_semihost.c: only Thumb (Cortex-M) semihosting via bkpt 0xAB is implemented"
+#if !(defined(__arm__) && defined(__thumb__)) && !defined(__riscv)
+#error "edgec_semihost.c: semihosting is implemented for Thumb (Cortex-M, bkpt 0xAB) and RISC-V (ebreak)"
 #endif
 
 #define SYS_OPEN 0x01
@@ -16,6 +16,28 @@
 #define SYS_EXIT_EXTENDED 0x20
 #define ADP_STOPPED_APPLICATION_EXIT 0x20026
 
+#if defined(__riscv)
+/* RISC-V semihosting (same operations and parameter blocks as Arm's): a0 = operation, a1 = argument
+ * (block), result in a0. The debugger/QEMU recognizes the ebreak only inside this exact sequence of
+ * uncompressed instructions, all in one page: hence norvc and the 16-byte alignment (QEMU >= 7.0,
+ * M-mode). The memory clobber makes the compiler flush argument blocks and reload read buffers. */
+__attribute__((noinline)) static int semihost_call(int op, const void *arg)
+{
+    register int a0 __asm__("a0") = op;
+    register const void *a1 __asm__("a1") = arg;
+    __asm__ volatile(".option push\n\t"
+                     ".option norvc\n\t"
+                     ".balign 16\n\t"
+                     "slli x0, x0, 0x1f\n\t"
+                     "ebreak\n\t"
+                     "srai x0, x0, 7\n\t"
+                     ".option pop"
+                     : "+r"(a0)
+                     : "r"(a1)
+                     : "memory");
+    return a0;
+}
+#else
 /* r0 = operation, r1 = argument (block); the debugger/QEMU returns the result in r0.
  * The memory clobber makes the compiler flush argument blocks and reload read buffers. */
 static int semihost_call(int op, const void *arg)
@@ -25,6 +47,7 @@ static int semihost_call(int op, const void *arg)
     __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
     return r0;
 }
+#endif
 
 int edgec_semihost_open(const char *path, int mode)
 {
@@ -71,7 +94,7 @@ void edgec_semihost_write0(const char *s)
 
 void edgec_semihost_exit(int code)
 {
-    /* SYS_EXIT_EXTENDED passes the full exit code; plain SYS_EXIT only gives 0/1 on M-profile. */
+    /* SYS_EXIT_EXTENDED passes the full exit code; plain SYS_EXIT only gives 0/1 on M-profile (and rv32). */
     uintptr_t args[2] = {ADP_STOPPED_APPLICATION_EXIT, (uintptr_t)code};
     for (;;) {
         (void)semihost_call(SYS_EXIT_EXTENDED, args);

@@ -1,5 +1,6 @@
 /*
- * edgec_semihost.h - minimal ARM semihosting for edgec firmware (Cortex-M, `bkpt 0xAB`).
+ * edgec_semihost.h - minimal ARM semihosting for edgec firmware (Cortex-M: `bkpt 0xAB`; RISC-V: the
+ * `slli x0, x0, 0x1f; ebreak; srai x0, x0, 7` sequence, which uses the same operations).
  *
  * Lets firmware running under QEMU (`-semihosting-config enable=on,target=native`) or a debug
  * probe read/write host files, print messages and exit with a status code. Without a debugger
@@ -32,7 +33,8 @@ enum edgec_exit_code {
     EDGEC_EXIT_BUSFAULT = 93,
     EDGEC_EXIT_USAGEFAULT = 94,
     EDGEC_EXIT_UNEXPECTED_IRQ = 95,
-    EDGEC_EXIT_STACK_OVERFLOW = 96 /* stack guard hit */
+    EDGEC_EXIT_STACK_OVERFLOW = 96, /* stack guard hit */
+    EDGEC_EXIT_TRAP = 97            /* any other CPU exception (RISC-V boards: mcause/mepc/mtval printed) */
 };
 
 /* SYS_OPEN modes (ISO C fopen() modes, as numbered by the semihosting spec). */
