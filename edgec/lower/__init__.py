@@ -50,7 +50,7 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
     lowered = []
     for op in graph.ops:
         if op.type in SLOT_LOWERINGS and len(op.inputs) > 1 and op.inputs[1] in slots:
-            lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks))
+            lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks, dsp=variant == "dsp"))
             continue
         lower = lowering_for(graph, op)
         if variant == "dsp" and op.type in DSP_LOWERINGS and lower is LOWERINGS[op.type]:  # int8 kernels only
