@@ -226,8 +226,13 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     if variant != target.get("kernel_variant", "portable") and variant != "portable" and target["name"] != "host":
         raise EdgecError(f"--kernels {variant}: target {target['name']} does not support it (its kernels: "
                          f"{target.get('kernel_variant', 'portable')})")
+    npu = None
+    if target.get("npu") or any(op.type == "ETHOSU" for op in graph.ops):
+        # Ethos-U targets: Vela compiles the NPU part; edgec compiles the rest around Vela's arena offsets.
+        graph, npu = _npu_graph(graph, source_graph, model_path, model_bytes, target, mode, train, adapter_rows,
+                                precision)
     lowered = lower_graph(graph, plan.layers if plan is not None else None, variant)
-    mem = plan_memory(graph, lowered.ops)
+    mem = plan_memory(graph, lowered.ops, npu.offsets if npu is not None else None)
     training = None
     if train is not None:
         from edgec.train.plan import plan_for_adapter
@@ -253,6 +258,8 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
         report["quantization"] = quant_report
     if adapter_rows:
         report["adapters"] = adapter_rows
+    if npu is not None:
+        report["npu"] = npu.summary
     if mem.arena_bytes > target["ram_bytes"]:
         raise EdgecError(f"{model_path}: the arena needs {mem.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")
@@ -273,6 +280,27 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
                    ota_keys=ota_keys, training=training)
     report["build_seconds"] = round(time.perf_counter() - start, 3)
     return BuildResult(report, source_graph, graph, samples, plan, slot_adapters)
+
+
+def _npu_graph(graph: Graph, source_graph: Graph, model_path, model_bytes: bytes, target: dict, mode, train,
+               adapter_rows: list, precision: str) -> tuple[Graph, object]:
+    """The graph to compile for an Ethos-U target (edgec.npu, docs/npu.md): Vela's graph of ETHOSU ops and
+    CPU-fallback ops. Vela gets the .tflite as given when edgec compiles it unchanged, else the int8 graph
+    exported to .tflite (quantized float and ONNX models, fused adapters)."""
+    if not target.get("npu"):
+        raise EdgecError(f"{model_path}: this model was compiled by Vela for an Ethos-U NPU ('ethos-u' custom ops), "
+                         f"but target {target['name']} has none (NPU targets: ethos-u55-128, ethos-u55-256)")
+    if precision != "int8":
+        raise EdgecError(f"{model_path}: target {target['name']} has an Ethos-U NPU, which computes int8: "
+                         f"--precision {precision} is not supported there")
+    if mode == "slots" or train is not None:
+        raise EdgecError(f"{model_path}: target {target['name']}: adapter slots and on-device training are not "
+                         "supported with an Ethos-U NPU (the NPU runs Vela's compiled weights); use "
+                         "--adapter-mode fuse")
+    from edgec.npu import npu_graph
+
+    as_given = Path(model_path).suffix.lower() == ".tflite" and graph is source_graph and not adapter_rows
+    return npu_graph(graph, model_bytes if as_given else None, target, str(model_path))
 
 
 def _op_table(graph: Graph, lowered, plan) -> list[dict]:

@@ -65,6 +65,8 @@ def test_keygen_files(ota) -> None:
     assert b"PRIVATE KEY" in key.read_bytes() and b"PUBLIC KEY" in (ota["work"] / "key.pub").read_bytes()
     code, out = _cli("keygen", "-o", key)
     assert code == 2 and "already exists" in out
+    code, out = _cli("keygen", "-o", ota["work"] / "new" / "keys" / "release")  # as in the README
+    assert code == 0 and (ota["work"] / "new" / "keys" / "release.pub").is_file(), out
 
 
 def test_patch_of_the_built_adapter_is_its_bank(ota) -> None:

@@ -210,7 +210,9 @@ def test_platformio_ini_validates(projects, monkeypatch):
         config = ProjectConfig(path)
         assert config.validate(silent=True)
         assert ProjectConfig.lint(path) == {"errors": [], "warnings": []}
-        assert set(config.envs()) == PIO_ENVS and config.default_envs() == [default]
+        # Firmware targets also get the local QEMU env (docs/platformio.md).
+        assert set(config.envs()) == PIO_ENVS | ({"qemu"} if target == "cortex-m4" else set())
+        assert config.default_envs() == [default]
         platforms = {env: config.get(f"env:{env}", "platform") for env in config.envs()}
         assert platforms["pico"] == "raspberrypi" and platforms["esp32-c3-devkitm-1"] == "espressif32"
         assert platforms["disco_f746ng"] == "ststm32"

@@ -60,6 +60,11 @@ def _print_summary(report: dict) -> None:
                    f"max abs error {q['max_abs_error']:.4g}{top1}")
         for layer in q.get("layers", []):
             click.echo(f"    {layer['type']:<18} {layer['sqnr_db']:>7} dB  {layer['name'][:60]}")
+    n = report.get("npu")
+    if n:
+        click.echo(f"npu:           {n['accelerator']} (Vela {n['vela_version']}): {n['partitions']} NPU partition(s), "
+                   f"{n['cpu_ops']} CPU op(s); estimate {n['cycles_total']:,} cycles ({n['cycles_npu']:,} NPU), "
+                   f"{n['inference_time_s'] * 1e6:.1f} us at {n['core_clock_hz'] / 1e6:g} MHz (docs/npu.md)")
     t = report.get("training")
     if t:
         m = t["memory_bytes"]

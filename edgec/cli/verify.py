@@ -83,6 +83,14 @@ def parse_activations(specs: tuple[str, ...] | list[str], report: dict) -> list[
     return scales
 
 
+def _refuse_npu(npu, target: str) -> None:
+    """Ethos-U builds cannot run here: QEMU has no NPU (docs/npu.md)."""
+    if npu:
+        raise EdgecError(f"target {target} runs part of the model on an Ethos-U NPU, which neither the host nor QEMU "
+                         "can run; the generated code is tested against a mock driver that checks the NPU calls and "
+                         "the CPU part against TFLite Micro (tests/test_ethosu.py, docs/npu.md)")
+
+
 def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]], on: str,
                 work_dir: Path, schedule: list[list[int]] | None = None, patch: Path | None = None,
                 resets: tuple[int, ...] = (), measure_patch: bool = False, flash: Path | None = None
@@ -97,6 +105,7 @@ def run_project(out_dir: Path, report: dict, input_sets: list[list[np.ndarray]],
     `flash`: the adapter region image `edgec train` saved, loaded (and booted) first."""
     from edgec.cli.hooks import hook_source
 
+    _refuse_npu(report.get("npu", {}).get("ethosu_ops"), report["target"])
     specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
     extra, measured = [], {}
     work_dir = Path(work_dir).resolve()
@@ -187,6 +196,7 @@ def verify(model: Path, target: str, on: str, n_inputs: int | None, seed: int,
     bit-exact with TFLM on the base graph; with --on qemu, the same inputs also run on the host build and
     must match bit for bit (`bitexact_host_vs_target`)."""
     model = Path(model)
+    _refuse_npu(load_target(target).get("npu"), target)
     if on != "host":
         require_board(load_target(target))  # refuse before building (e.g. a PlatformIO-only target)
     model_bytes = model.read_bytes()

@@ -102,22 +102,26 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
 
     files = {
         "include/edgec_model.h": env.get_template("edgec_model.h.j2").render(
-            common, arena_bytes=plan.arena_bytes, weights_bytes=weights_bytes, slots=slots,
+            common, arena_bytes=plan.arena_bytes, weights_bytes=weights_bytes, slots=slots, npu=model.npu_kernels,
             inputs=[graph.t(t) for t in graph.inputs], outputs=[graph.t(t) for t in graph.outputs]),
         "src/model.c": env.get_template("model.c.j2").render(
-            common, calls=calls, slots=slots,
+            common, calls=calls, slots=slots, npu=model.npu_kernels,
             prefix_calls=calls[:training.first_op] if training is not None else None,
             input_offsets=[plan.tensor_offset[t] for t in graph.inputs], input_sizes=sizes(graph.inputs),
             output_offsets=[plan.tensor_offset[t] for t in graph.outputs], output_sizes=sizes(graph.outputs)),
         "src/weights.c": env.get_template("weights.c.j2").render(common, arrays=arrays),
         "src/edgec_weights.h": env.get_template("edgec_weights.h.j2").render(common, arrays=arrays),
         "src/kernels.c": env.get_template("kernels.c.j2").render(common, kernels_c=model.kernels_c,
-                                                                 micro_kernels=model.micro_kernels),
+                                                                 micro_kernels=model.micro_kernels,
+                                                                 npu_kernels=model.npu_kernels),
         "src/edgec_kernels.h": env.get_template("edgec_kernels.h.j2").render(common, prototypes=prototypes),
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
     if model.micro_kernels:
         files["src/edgec_dsp.h"] = (REPO_ROOT / "runtime_c" / "kernels" / "edgec_dsp.h").read_text()
+    if model.npu_kernels:  # Ethos-U targets (docs/npu.md): the driver bridge; the mock driver for tests
+        for name in ("edgec_npu.h", "edgec_npu.c"):
+            files[f"src/{name}"] = (REPO_ROOT / "runtime_c" / "npu" / name).read_text()
     if train_ctx is not None:
         files["src/train.c"] = env.get_template("train.c.j2").render(common, **train_ctx)
         files["include/edgec_training.h"] = env.get_template("edgec_training.h.j2").render(common, **train_ctx)
@@ -134,6 +138,8 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         if (TEMPLATES / "project" / name).exists():
             files[name[:-3]] = env.get_template(name).render(common, target=target, report=report)
     runtime = _runtime_dirs(target)
+    if model.npu_kernels:
+        runtime["runtime/npu_mock"] = REPO_ROOT / "runtime_c" / "npu" / "mock"
     if slots and slots["ota"]:
         runtime = {"runtime": REPO_ROOT / "runtime_c" / "ota", **runtime}
     write_atomically(out_dir, files, extra_dirs=runtime)
@@ -152,6 +158,8 @@ def _runtime_dirs(target: dict) -> dict[str, Path]:
     board = target.get("board")
     if board and (runtime / "boards" / board).is_dir():
         dirs[f"runtime/boards/{board}"] = runtime / "boards" / board
+        # The PlatformIO dev-platform of platformio.ini's [env:qemu] (docs/platformio.md).
+        dirs["runtime/platformio/edgec-qemu"] = runtime / "platformio" / "edgec-qemu"
     return dirs
 
 

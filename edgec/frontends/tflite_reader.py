@@ -166,6 +166,10 @@ OPTION_READERS = {
     "DIV": _act_only(tflite.DivOptions),
 }
 SUPPORTED_OPS = tuple(OPTION_READERS)
+# Custom ops edgec reads: Vela's NPU partitions (CUSTOM with custom code 'ethos-u') become op type ETHOSU,
+# inputs [command stream, read-only blob, scratch, scratch_fast, IFMs...], outputs the OFMs (docs/npu.md).
+# Only built for targets with an `npu` table (edgec.npu); the lowering refuses them elsewhere.
+CUSTOM_OPS = {"ethos-u": "ETHOSU"}
 
 
 def read_tflite(path: str | Path) -> Graph:
@@ -229,6 +233,9 @@ def _parse(data: bytes, source: str) -> Graph:
         label = tensors[outs[0]].name if outs else ""
         if name == "CUSTOM":
             custom = opcode.CustomCode().decode(errors="replace") if opcode.CustomCode() else "?"
+            if custom in CUSTOM_OPS:
+                ops.append(Op(CUSTOM_OPS[custom], ins, outs, {}, index=i, name=label))
+                continue
             name = f"CUSTOM ('{custom}')"
         if name not in OPTION_READERS:
             raise EdgecError(f"{source}: op #{i} {name} ('{label}') is not supported. Supported ops: "

@@ -30,6 +30,7 @@ class LoweredModel:
     kernels_c: str  # C definitions of all kernels
     adapter_banks: AdapterBanks | None = None  # LoRA slots mode: every slot's table image
     micro_kernels: bool = False  # kernels_c calls runtime_c/kernels/edgec_dsp.h
+    npu_kernels: bool = False  # kernels_c calls edgec_npu_invoke (runtime_c/npu/edgec_npu.h): Ethos-U targets
 
 
 KERNEL_VARIANTS = ("portable", "dsp")
@@ -82,4 +83,5 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
             by_hash.setdefault(h, []).append(name)
         kernel_of_op.append(name)
     kernels_c = emit_c(funcs, readonly) if funcs else ""
-    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, "edgec_dsp_" in kernels_c)
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, "edgec_dsp_" in kernels_c,
+                        "edgec_npu_invoke" in kernels_c)

@@ -18,6 +18,7 @@ def generate_keypair(path: Path) -> tuple[Path, Path]:
     for p in (path, pub_path):
         if p.exists():
             raise EdgecError(f"{p}: already exists (keys are not overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import LoweredOp
 from edgec.plan.arena import SCRATCH_ALIGN, Buffer, Plan, lower_bound, pack
 
 
-def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
-    """Liveness over the op sequence (file order), alias and in-place merging, then packing."""
+def plan_memory(graph: Graph, lowered: list[LoweredOp], fixed: dict[int, int] | None = None) -> Plan:
+    """Liveness over the op sequence (file order), alias and in-place merging, then packing.
+
+    `fixed` (Ethos-U targets: Vela's OfflineMemoryAllocation): tensor id -> arena offset that the plan must keep
+    (`pinned` buffers); everything else is packed around them. The scratch of each ETHOSU op is pinned for that
+    step only (`npu_step`): Vela placed the op's IFMs and OFMs inside it (docs/npu.md)."""
+    fixed = fixed or {}
     n = len(lowered)
     first: dict[int, int] = {t: -1 for t in graph.inputs}
     last: dict[int, int] = {}
@@ -35,7 +41,12 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
 
     for lo in lowered:
         if lo.alias:
-            parent[root(lo.op.outputs[0])] = root(lo.op.inputs[0])
+            a, b = lo.op.outputs[0], lo.op.inputs[0]
+            if a in fixed and b in fixed and fixed[a] != fixed[b]:
+                raise EdgecError(f"{graph.source}: {lo.op.describe()} is a CPU op whose output edgec aliases to its "
+                                 f"input, but Vela placed them at different arena offsets ({fixed[b]}, {fixed[a]}); "
+                                 "not supported yet")
+            parent[root(a)] = root(b)
 
     def buffers_of_groups() -> list[Buffer]:
         groups: dict[int, list[int]] = {}
@@ -45,7 +56,15 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
                        max(last[t] for t in members), sorted(members)) for r, members in groups.items()]
 
     scratch = []
+    npu_regions, npu_steps = [], set()
     for step, lo in enumerate(lowered):
+        if lo.op.type == "ETHOSU":  # the NPU's scratch / scratch_fast: Vela's region, this step only
+            npu_steps.add(step)
+            for t in dict.fromkeys(lo.op.inputs[2:4]):
+                npu_regions.append(Buffer(f"npu:{step}:{t}", graph.t(t).nbytes, step, step, [t], offset=fixed[t],
+                                      pinned=True))
+            continue
+
         nbytes = sum(a.scratch_bytes for a in lo.args if a.kind == "scratch")
         if nbytes:
             scratch.append(Buffer(f"scratch:{step}", nbytes, step, step, align=SCRATCH_ALIGN))
@@ -55,6 +74,8 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
     for step, lo in enumerate(lowered):
         # At most one in-place pair per op: its output takes the bytes of one input that dies here.
         for tin, tout in lo.inplace:
+            if tin in fixed or tout in fixed:
+                continue
             group_in = [t for t in first if root(t) == root(tin)]
             group_out = [t for t in first if root(t) == root(tout)]
             if (len(group_out) == 1 and all(last[t] <= step for t in group_in)
@@ -62,6 +83,15 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp]) -> Plan:
                 parent[root(tout)] = root(tin)
                 break
 
-    plan = pack(buffers_of_groups() + scratch, n)
-    plan.lower_bound_bytes = bound
+    buffers = buffers_of_groups()
+    for b in buffers:
+        offsets = {fixed[t] for t in b.tensors if t in fixed}
+        if len(offsets) > 1:
+            raise EdgecError(f"{graph.source}: tensors {b.tensors} share bytes in edgec's plan but Vela placed them "
+                             f"at different offsets {sorted(offsets)}")
+        if offsets:
+            b.offset, b.pinned = offsets.pop(), True
+    plan = pack(buffers + scratch + npu_regions, n, npu_steps)
+    # An Ethos-U op needs its whole scratch region (Vela's IFMs/OFMs lie inside it).
+    plan.lower_bound_bytes = max([bound] + [b.size for b in npu_regions])
     return plan

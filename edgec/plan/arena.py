@@ -23,6 +23,7 @@ class Buffer:
     tensors: list[int] = field(default_factory=list)
     offset: int = -1
     align: int = ALIGN
+    pinned: bool = False  # offset fixed beforehand (Ethos-U targets: Vela's arena offsets), not chosen by `pack`
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -55,9 +56,11 @@ def lower_bound(buffers: list[Buffer], n_steps: int) -> int:
 def _place(buffers: list[Buffer], order: list[Buffer]) -> int:
     """Greedy first fit: each buffer, in `order`, goes to the lowest aligned offset that does not
     overlap any already placed buffer that is live at the same time."""
-    placed: list[Buffer] = []
-    end = 0
+    placed = [b for b in buffers if b.pinned]
+    end = max((b.offset + b.size for b in placed), default=0)
     for b in order:
+        if b.pinned:
+            continue
         conflicts = sorted((p for p in placed if p.overlaps_in_time(b)), key=lambda p: p.offset)
         offset = 0
         for p in conflicts:
@@ -70,8 +73,9 @@ def _place(buffers: list[Buffer], order: list[Buffer]) -> int:
     return _align(end)
 
 
-def pack(buffers: list[Buffer], n_steps: int) -> Plan:
-    """Place every buffer; tries a few greedy orders and keeps the smallest arena."""
+def pack(buffers: list[Buffer], n_steps: int, npu_steps: set[int] | frozenset = frozenset()) -> Plan:
+    """Place every buffer; tries a few greedy orders and keeps the smallest arena. Pinned buffers keep their
+    offsets (the others are placed around them); `npu_steps`: see `verify_plan`."""
     orders = [
         sorted(buffers, key=lambda b: (-b.size, b.first)),
         sorted(buffers, key=lambda b: (-b.size * (b.last - b.first + 1), -b.size)),
@@ -87,18 +91,28 @@ def pack(buffers: list[Buffer], n_steps: int) -> Plan:
     tensor_offset = {t: b.offset for b in buffers for t in b.tensors}
     scratch_offset = {int(b.name.split(":")[1]): b.offset for b in buffers if b.name.startswith("scratch:")}
     plan = Plan(buffers, best_size or 0, lower_bound(buffers, n_steps), tensor_offset, scratch_offset)
-    verify_plan(plan)
+    verify_plan(plan, npu_steps)
     return plan
 
 
-def verify_plan(plan: Plan) -> None:
-    """Raise AssertionError if two simultaneously live buffers overlap or a buffer leaves the arena."""
+def _overlap_outside(a: Buffer, b: Buffer, steps: set[int] | frozenset) -> bool:
+    """Whether a and b are both live at some step that is not in `steps`."""
+    return any(s not in steps for s in range(max(a.first, b.first), min(a.last, b.last) + 1))
+
+
+def verify_plan(plan: Plan, npu_steps: set[int] | frozenset = frozenset()) -> None:
+    """Raise AssertionError if two simultaneously live buffers overlap or a buffer leaves the arena.
+
+    Two pinned buffers (offsets from Vela) may overlap at an Ethos-U op (`npu_steps`): Vela placed that op's
+    IFMs, OFMs and working memory inside its scratch region itself; elsewhere they are checked like any other."""
     bufs = plan.buffers
     for i, a in enumerate(bufs):
         if a.offset < 0 or a.offset % a.align or a.offset + a.size > plan.arena_bytes:
             raise AssertionError(f"buffer {a.name} at {a.offset}+{a.size} is outside the {plan.arena_bytes}-byte "
                                  "arena or misaligned")
         for b in bufs[i + 1:]:
+            if a.pinned and b.pinned and npu_steps and not _overlap_outside(a, b, npu_steps):
+                continue
             if a.overlaps_in_time(b) and a.overlaps_in_space(b) and a.size and b.size:
                 raise AssertionError(f"arena plan overlap: {a.name} [{a.offset}, {a.offset + a.size}) live "
                                      f"{a.first}..{a.last} and {b.name} [{b.offset}, {b.offset + b.size}) live "

@@ -181,8 +181,10 @@ def build_host(project_dir: Path, work_dir: Path, extra_cflags: Sequence[str] = 
 
 
 def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
-                   extra_sources: Sequence[Path] = ()) -> Path:
-    """Cross-compile the project with harness, semihosting and board startup; returns the ELF."""
+                   extra_sources: Sequence[Path] = (), extra_cflags: Sequence[str] = ()) -> Path:
+    """Cross-compile the project with harness, semihosting and board startup; returns the ELF.
+
+    ``extra_cflags`` is appended to the compiler flags (e.g. the mock NPU driver's include folder)."""
     require_board(target)
     ensure_tools(target)
     sources, includes = _project_sources(project_dir)
@@ -203,7 +205,7 @@ def build_firmware(project_dir: Path, target: dict[str, Any], work_dir: Path,
         includes.append(f"-I{board / 'include'}")
     cmd = [
         _target_tools(target)["cc"], *COMMON_CFLAGS, *target.get("cflags", []),
-        "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *includes,
+        "-ffunction-sections", "-fdata-sections", "-DEDGEC_SEMIHOSTING", *extra_cflags, *includes,
         RUNTIME_C / "harness" / "edgec_harness.c", RUNTIME_C / "semihost" / "edgec_semihost.c",
         *sorted(board.glob("*.c")), *sources,
         f"-T{board / 'link.ld'}", f"-Wl,-Map={work_dir / 'firmware.map'}", *ldflags,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from edgec.ir.graph import Graph, Op
-from edgec.lower.ops import conv, extra, float_kernels, movement, nonlinear, pool_arith
+from edgec.lower.ops import conv, extra, float_kernels, movement, nonlinear, npu, pool_arith
 
 # int8 (quantized) kernels, and QUANTIZE/DEQUANTIZE at float boundaries.
 LOWERINGS = {**conv.LOWERINGS, **pool_arith.LOWERINGS, **nonlinear.LOWERINGS, **movement.LOWERINGS,
-             **extra.LOWERINGS}
+             **extra.LOWERINGS, **npu.LOWERINGS}  # npu: ETHOSU (Vela's NPU partitions, NPU targets only)
 # float32 kernels (--precision float32), chosen when every tensor of the op is float32.
 FLOAT_LOWERINGS = float_kernels.LOWERINGS
 
