@@ -449,7 +449,7 @@ def targets_cmd(as_json: bool) -> None:
         _emit_json({"targets": rows})
         return
     for r in rows:
-        click.echo(f"{r['name']:<14} {r['status']:<16} {r['description']}")
+        click.echo(f"{r['name']:<14} {r['status']:<22} {r['description']}")
 
 
 @main.command("bench")
