@@ -100,3 +100,32 @@ void edgec_semihost_exit(int code)
         (void)semihost_call(SYS_EXIT_EXTENDED, args);
     }
 }
+
+void edgec_semihost_write_hex(const char *label, uint32_t value)
+{
+    char buf[11];
+    buf[0] = '0';
+    buf[1] = 'x';
+    for (int i = 0; i < 8; i++) {
+        buf[2 + i] = "0123456789abcdef"[(value >> (28 - 4 * i)) & 0xFu];
+    }
+    buf[10] = '\0';
+    edgec_semihost_write0(label);
+    edgec_semihost_write0(buf);
+}
+
+int main(int argc, char **argv);
+extern uint32_t __edgec_data_start[], __edgec_data_end[], __edgec_data_load[];
+extern uint32_t __edgec_bss_start[], __edgec_bss_end[];
+
+void edgec_firmware_start(void)
+{
+    const uint32_t *src = __edgec_data_load;
+    for (uint32_t *dst = __edgec_data_start; dst < __edgec_data_end; dst++) {
+        *dst = *src++;
+    }
+    for (uint32_t *dst = __edgec_bss_start; dst < __edgec_bss_end; dst++) {
+        *dst = 0;
+    }
+    edgec_semihost_exit(main(0, 0));
+}

@@ -14,6 +14,7 @@
 #define EDGEC_SEMIHOST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Exit codes of the edgec harness and board fault handlers. */
 enum edgec_exit_code {
@@ -61,5 +62,13 @@ void edgec_semihost_write0(const char *s);
 
 /* Stop the program; QEMU exits with `code` (SYS_EXIT_EXTENDED, ADP_Stopped_ApplicationExit). */
 void edgec_semihost_exit(int code) __attribute__((noreturn));
+
+/* Print `label` then `value` as 0x%08x (no printf: fault reports run on a broken stack or heap). */
+void edgec_semihost_write_hex(const char *label, uint32_t value);
+
+/* What every board's reset handler ends with, after its own core set-up: copy .data from flash and zero
+ * .bss (the linker script's __edgec_data_* / __edgec_bss_* symbols, 4-byte aligned), run main(0, 0) and
+ * exit with its code. */
+void edgec_firmware_start(void) __attribute__((noreturn));
 
 #endif /* EDGEC_SEMIHOST_H */

@@ -18,14 +18,11 @@
 
 #include "edgec_semihost.h"
 
-int main(int argc, char **argv);
 void edgec_reset_handler(void);
 void edgec_fault_exit(int code, uint32_t sp);
 
 /* Linker-script symbols (link.ld); only their addresses are meaningful. */
 extern uint32_t __edgec_stack_bottom[], __edgec_stack_top[];
-extern uint32_t __edgec_data_start[], __edgec_data_end[], __edgec_data_load[];
-extern uint32_t __edgec_bss_start[], __edgec_bss_end[];
 
 /* Exception entry pushes 32 bytes; a push of up to 32 more (push {r4-r7, lr} and friends) faults
  * before moving SP. */
@@ -35,28 +32,7 @@ extern uint32_t __edgec_bss_start[], __edgec_bss_end[];
 
 void edgec_reset_handler(void)
 {
-    /* Word copies: the linker script aligns .data and .bss to 4. */
-    const uint32_t *src = __edgec_data_load;
-    for (uint32_t *dst = __edgec_data_start; dst < __edgec_data_end; dst++) {
-        *dst = *src++;
-    }
-    for (uint32_t *dst = __edgec_bss_start; dst < __edgec_bss_end; dst++) {
-        *dst = 0;
-    }
-    edgec_semihost_exit(main(0, 0));
-}
-
-static void put_hex(const char *label, uint32_t value)
-{
-    char buf[11];
-    buf[0] = '0';
-    buf[1] = 'x';
-    for (int i = 0; i < 8; i++) {
-        buf[2 + i] = "0123456789abcdef"[(value >> (28 - 4 * i)) & 0xFu];
-    }
-    buf[10] = '\0';
-    edgec_semihost_write0(label);
-    edgec_semihost_write0(buf);
+    edgec_firmware_start();
 }
 
 /* Called by the fault stubs on a fresh stack, with the stack pointer the exception was taken with. */
@@ -71,12 +47,12 @@ void edgec_fault_exit(int code, uint32_t sp)
     }
     edgec_semihost_write0("edgec firmware fault: ");
     edgec_semihost_write0(names[code - EDGEC_EXIT_NMI]);
-    put_hex(" SP=", sp);
+    edgec_semihost_write_hex(" SP=", sp);
     /* The exception frame (r0-r3, r12, lr, pc, xPSR), if the stub kept it (enough stack left). */
     if (sp >= bottom + FRAME_KEEP_BYTES && sp + 32u <= top && (sp & 3u) == 0) {
         const uint32_t *frame = (const uint32_t *)(uintptr_t)sp;
-        put_hex(" PC=", frame[6]);
-        put_hex(" LR=", frame[5]);
+        edgec_semihost_write_hex(" PC=", frame[6]);
+        edgec_semihost_write_hex(" LR=", frame[5]);
     }
     edgec_semihost_write0("\n");
     edgec_semihost_exit(code);

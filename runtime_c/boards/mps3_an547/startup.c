@@ -17,14 +17,11 @@
 
 #include "edgec_semihost.h"
 
-int main(int argc, char **argv);
 void edgec_reset_handler(void);
 void edgec_fault_exit(int code);
 
 /* Linker-script symbols (link.ld); only their addresses are meaningful. */
 extern uint32_t __edgec_stack_bottom[], __edgec_stack_top[];
-extern uint32_t __edgec_data_start[], __edgec_data_end[], __edgec_data_load[];
-extern uint32_t __edgec_bss_start[], __edgec_bss_end[];
 
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
 #define SCB_CFSR (*(volatile uint32_t *)0xE000ED28u)
@@ -42,28 +39,7 @@ void edgec_reset_handler(void)
     SCB_CPACR |= 0xFu << 20;
     __asm__ volatile("dsb\n\tisb" ::: "memory");
 #endif
-    /* Word copies: the linker script aligns .data and .bss to 4. */
-    const uint32_t *src = __edgec_data_load;
-    for (uint32_t *dst = __edgec_data_start; dst < __edgec_data_end; dst++) {
-        *dst = *src++;
-    }
-    for (uint32_t *dst = __edgec_bss_start; dst < __edgec_bss_end; dst++) {
-        *dst = 0;
-    }
-    edgec_semihost_exit(main(0, 0));
-}
-
-static void put_hex(const char *label, uint32_t value)
-{
-    char buf[11];
-    buf[0] = '0';
-    buf[1] = 'x';
-    for (int i = 0; i < 8; i++) {
-        buf[2 + i] = "0123456789abcdef"[(value >> (28 - 4 * i)) & 0xFu];
-    }
-    buf[10] = '\0';
-    edgec_semihost_write0(label);
-    edgec_semihost_write0(buf);
+    edgec_firmware_start();
 }
 
 /* Called by the fault stubs on a fresh stack. */
@@ -76,9 +52,9 @@ void edgec_fault_exit(int code)
     }
     edgec_semihost_write0("edgec firmware fault: ");
     edgec_semihost_write0(names[code - EDGEC_EXIT_NMI]);
-    put_hex(" CFSR=", SCB_CFSR);
-    put_hex(" HFSR=", SCB_HFSR);
-    put_hex(" SFSR=", SAU_SFSR);
+    edgec_semihost_write_hex(" CFSR=", SCB_CFSR);
+    edgec_semihost_write_hex(" HFSR=", SCB_HFSR);
+    edgec_semihost_write_hex(" SFSR=", SAU_SFSR);
     edgec_semihost_write0("\n");
     edgec_semihost_exit(code);
 }

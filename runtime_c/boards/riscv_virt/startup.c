@@ -16,14 +16,12 @@
 
 #include "edgec_semihost.h"
 
-int main(int argc, char **argv);
 void edgec_reset_handler(void);
 void edgec_trap_exit(void);
 
 /* Linker-script symbols (link.ld); only their addresses are meaningful. */
 extern uint32_t __edgec_stack_bottom[], __edgec_stack_top[];
-extern uint32_t __edgec_data_start[], __edgec_data_end[], __edgec_data_load[];
-extern uint32_t __edgec_bss_start[], __edgec_bss_end[], __edgec_image_end[];
+extern uint32_t __edgec_image_end[];
 
 #define PMP_L 0x80u   /* locked: applies to M-mode */
 #define PMP_TOR 0x08u /* address matching: top of range, [pmpaddr(i-1), pmpaddr(i)) */
@@ -65,28 +63,7 @@ static void stack_guard_enable(void)
 void edgec_reset_handler(void)
 {
     stack_guard_enable();
-    /* Word copies: the linker script aligns .data and .bss to 4. */
-    const uint32_t *src = __edgec_data_load;
-    for (uint32_t *dst = __edgec_data_start; dst < __edgec_data_end; dst++) {
-        *dst = *src++;
-    }
-    for (uint32_t *dst = __edgec_bss_start; dst < __edgec_bss_end; dst++) {
-        *dst = 0;
-    }
-    edgec_semihost_exit(main(0, 0));
-}
-
-static void put_hex(const char *label, uint32_t value)
-{
-    char buf[11];
-    buf[0] = '0';
-    buf[1] = 'x';
-    for (int i = 0; i < 8; i++) {
-        buf[2 + i] = "0123456789abcdef"[(value >> (28 - 4 * i)) & 0xFu];
-    }
-    buf[10] = '\0';
-    edgec_semihost_write0(label);
-    edgec_semihost_write0(buf);
+    edgec_firmware_start();
 }
 
 static const char *cause_name(uint32_t cause)
@@ -121,9 +98,9 @@ void edgec_trap_exit(void)
     }
     edgec_semihost_write0("edgec firmware fault: ");
     edgec_semihost_write0(what);
-    put_hex(" mcause=", mcause);
-    put_hex(" mepc=", mepc);
-    put_hex(" mtval=", mtval);
+    edgec_semihost_write_hex(" mcause=", mcause);
+    edgec_semihost_write_hex(" mepc=", mepc);
+    edgec_semihost_write_hex(" mtval=", mtval);
     edgec_semihost_write0("\n");
     edgec_semihost_exit(code);
 }
