@@ -174,7 +174,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     and DEPTHWISE_CONV_2D layers get slot kernels. `ota_pubkeys` (PEM public keys; slots mode): A/B banks and
     the OTA receiver, accepting patches signed by those keys (docs/ota-format.md). `train`
     (edgec.train.plan.TrainOptions): the on-device training step for an adapter given with `adapters` or a
-    new one (slots mode, A/B banks; docs/training.md). `kernels`: the kernel variant ("portable" or "dsp",
+    new one (slots mode, A/B banks; docs/training.md). `kernels`: the kernel variant (edgec.lower.KERNEL_VARIANTS,
     default the target's kernel_variant)."""
     start = time.perf_counter()
     target = load_target(target_name)
@@ -221,7 +221,7 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     graph, quant_report, samples = prepare_graph(source_graph, str(model_path), precision, calibration,
                                                  calibration_method, warn)
     variant = kernels or target.get("kernel_variant", "portable")
-    # The host compiles the dsp variant with the micro-kernels' plain-C fallback (tests); other targets
+    # The host compiles every variant, with the micro-kernels' plain-C fallbacks (tests); other targets
     # must have the instructions.
     if variant != target.get("kernel_variant", "portable") and variant != "portable" and target["name"] != "host":
         raise EdgecError(f"--kernels {variant}: target {target['name']} does not support it (its kernels: "

@@ -100,9 +100,9 @@ def model_options(func):
                           "TFLite base models)."),
         click.option("--slots", "n_slots", type=click.IntRange(1, 32), default=None,
                      help="slots mode: number of adapter slots [default: the number of --adapter]."),
-        click.option("--kernels", type=click.Choice(["portable", "dsp"]), default=None,
-                     help="Kernel variant [default: the target's kernel_variant]: portable C, or dsp (Arm DSP "
-                          "extension micro-kernels; bit-exact with portable)."),
+        click.option("--kernels", type=click.Choice(["portable", "dsp", "mve", "rv32"]), default=None,  # lower.KERNEL_VARIANTS
+                     help="Kernel variant [default: the target's kernel_variant]: portable C, or micro-kernels "
+                          "bit-exact with it: dsp (Arm DSP extension), mve (Arm Helium), rv32 (RISC-V)."),
     ]):
         func = option(func)
     return func

@@ -118,7 +118,7 @@ def render_project(model: LoweredModel, plan: Plan, out_dir: Path, model_bytes: 
         "edgec-report.json": json.dumps(report, indent=2) + "\n",
     }
     if model.micro_kernels:
-        files["src/edgec_dsp.h"] = (REPO_ROOT / "runtime_c" / "kernels" / "edgec_dsp.h").read_text()
+        files[f"src/{model.micro_kernels}"] = (REPO_ROOT / "runtime_c" / "kernels" / model.micro_kernels).read_text()
     if model.npu_kernels:  # Ethos-U targets (docs/npu.md): the driver bridge; the mock driver for tests
         for name in ("edgec_npu.h", "edgec_npu.c"):
             files[f"src/{name}"] = (REPO_ROOT / "runtime_c" / "npu" / name).read_text()

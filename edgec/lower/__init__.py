@@ -13,8 +13,7 @@ import tvm_ffi
 from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import Arg, LoweredOp
-from edgec.lower.ops import LOWERINGS, lowering_for
-from edgec.lower.ops.conv import DSP_LOWERINGS
+from edgec.lower.ops import LOWERINGS, conv, lowering_for
 from edgec.lower.ops.slots import SLOT_LOWERINGS, AdapterBanks
 from edgec.lower.tir_to_c import emit_c
 
@@ -29,11 +28,14 @@ class LoweredModel:
     kernel_params: dict[str, list[str]]  # C symbol -> parameter names
     kernels_c: str  # C definitions of all kernels
     adapter_banks: AdapterBanks | None = None  # LoRA slots mode: every slot's table image
-    micro_kernels: bool = False  # kernels_c calls runtime_c/kernels/edgec_dsp.h
+    micro_kernels: str | None = None  # the runtime_c/kernels/ header kernels_c calls (edgec_dsp.h, ...)
     npu_kernels: bool = False  # kernels_c calls edgec_npu_invoke (runtime_c/npu/edgec_npu.h): Ethos-U targets
 
 
-KERNEL_VARIANTS = ("portable", "dsp")
+# "portable": plain C everywhere. The others send the int8 sums of CONV_2D, DEPTHWISE_CONV_2D and
+# FULLY_CONNECTED through the micro-kernels of runtime_c/kernels/edgec_<variant>.h, bit-exact with portable:
+# "dsp" Arm DSP extension (SMLAD), "mve" Arm Helium, "rv32" register-blocked plain C for RISC-V.
+KERNEL_VARIANTS = ("portable", "dsp", "mve", "rv32")
 
 
 def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str = "portable") -> LoweredModel:
@@ -41,25 +43,25 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
 
     `slots` (LoRA slots mode): weight tensor id -> per slot (A, B) float factors or None; the
     FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D ops using that weight get the slot kernel
-    (edgec.lower.ops.slots), whose tables go to `adapter_banks`. `variant` (the target's kernel_variant):
-    "portable" plain C everywhere; "dsp" int8 sums through the micro-kernels of runtime_c/kernels/edgec_dsp.h
-    (bit-exact with portable)."""
+    (edgec.lower.ops.slots), whose tables go to `adapter_banks`. `variant`: one of KERNEL_VARIANTS."""
     if variant not in KERNEL_VARIANTS:
         raise EdgecError(f"kernel variant '{variant}' (supported: {', '.join(KERNEL_VARIANTS)})")
+    mk = None if variant == "portable" else variant
     slots = slots or {}
     banks = AdapterBanks(len(next(iter(slots.values())))) if slots else None
     lowered = []
     for op in graph.ops:
         if op.type in SLOT_LOWERINGS and len(op.inputs) > 1 and op.inputs[1] in slots:
-            lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks, dsp=variant == "dsp"))
+            lowered.append(SLOT_LOWERINGS[op.type](graph, op, slots[op.inputs[1]], banks, mk=mk))
             continue
         lower = lowering_for(graph, op)
-        if variant == "dsp" and op.type in DSP_LOWERINGS and lower is LOWERINGS[op.type]:  # int8 kernels only
-            lower = DSP_LOWERINGS[op.type]
         if lower is None:
             raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "
                              f"{', '.join(sorted(LOWERINGS))})")
-        lowered.append(lower(graph, op))
+        if mk and op.type in conv.LOWERINGS and lower is conv.LOWERINGS[op.type]:  # int8 kernels only
+            lowered.append(lower(graph, op, mk=mk))
+        else:
+            lowered.append(lower(graph, op))
 
     funcs: dict[str, tvm.tirx.PrimFunc] = {}
     readonly: dict[str, list[str]] = {}
@@ -83,5 +85,5 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
             by_hash.setdefault(h, []).append(name)
         kernel_of_op.append(name)
     kernels_c = emit_c(funcs, readonly) if funcs else ""
-    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, "edgec_dsp_" in kernels_c,
-                        "edgec_npu_invoke" in kernels_c)
+    header = f"edgec_{mk}.h" if mk and f"edgec_{mk}_" in kernels_c else None
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, header, "edgec_npu_invoke" in kernels_c)

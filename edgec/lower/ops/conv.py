@@ -134,7 +134,9 @@ class Requant:
         # SRDHM's INT32_MIN * INT32_MIN saturation needs a multiplier of INT32_MIN (only from a negative
         # scale); without one its test is left out.
         self.never_min = bool(np.all(mult != -(2**31)))
-        self.saturate = False  # kernel variant dsp: saturate with edgec_dsp_sat8 (one SSAT)
+        # Micro-kernel family of the kernel variant (None: portable C): saturate with edgec_<family>_sat8
+        # (one SSAT); "mve" requantizes blocks of 4 channels with edgec_mve_rq4 (store4).
+        self.micro: str | None = None
         if self.uniform_shift is None:
             self.sections.append(-shift if self.right_only else shift)
 
@@ -172,10 +174,25 @@ class Requant:
                 shifted = i32(i64(total) * (tirx.const(1, "int64") << i64(tirx.max(sh, 0))))
                 return rounding_divide_by_pot(srdhm(shifted, m, b_never_min=self.never_min), tirx.max(-sh, 0))
             scaled = let(q[self.oc + oc], general, "shift")
-        if self.saturate:  # SSAT to int8, then the rest of the activation range
-            sat = T.call_extern("int32", "edgec_dsp_sat8", scaled + self.yzp)
+        if self.micro:  # SSAT to int8, then the rest of the activation range
+            sat = T.call_extern("int32", f"edgec_{self.micro}_sat8", scaled + self.yzp)
             return T.Cast("int8", sat if self.lo == -128 and self.hi == 127 else clamp(sat, self.lo, self.hi))
         return T.Cast("int8", clamp(scaled + self.yzp, self.lo, self.hi))
+
+    @property
+    def vector(self) -> bool:
+        """Blocks of 4 channels requantize in one edgec_mve_rq4 call (store4)."""
+        return self.micro == "mve"
+
+    def store4(self, q, acc, bias_offset: int, oc, y_addr) -> tirx.PrimExpr:
+        """edgec_mve_rq4: the int32 accumulators acc[0..3] of channels oc..oc+3 requantized (as expr does) to
+        int8 at y_addr. Shift mode 0: the uniform shift as a constant; 1: right-shift amounts in the table;
+        2: signed shifts (left positive) in the table."""
+        mode = 0 if self.uniform_shift is not None else (1 if self.right_only else 2)
+        shifts = q[oc] if mode == 0 else q[self.oc + oc]
+        return T.call_extern("void", "edgec_mve_rq4", T.address_of(acc[0]), T.address_of(q[oc]),
+                             T.address_of(shifts), mode, self.uniform_shift or 0, T.address_of(q[bias_offset + oc]),
+                             self.yzp, self.lo, self.hi, y_addr)
 
 
 def _window(graph: Graph, op: Op, x: Tensor, y: Tensor, kh: int, kw: int) -> tuple[int, int, int, int, bool]:
@@ -222,12 +239,13 @@ def _at(d, oc):
 
 
 def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDED, XZP_IN, XZP, BI, BB,
-                rq: Requant, pixel_macro: bool = False, dsp: bool = False):
+                rq: Requant, pixel_macro: bool = False, mk: str | None = None):
     """CONV_2D. Interior windows: acc over x * w - XZP_IN (0 when folded into bias section BI).
     Border windows (only if PADDED): guarded taps of (x - XZP) * w from bias section BB.
     `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[OB], n, oh, ow, d) instead;
     `d` is None or an int64 buffer [OC] added to each channel's accumulator before requantization (LoRA slots).
-    `dsp`: interior window rows go through the micro-kernels of runtime_c/kernels/edgec_dsp.h."""
+    `mk`: the micro-kernel family of the kernel variant ("dsp", "mve", "rv32"; runtime_c/kernels/edgec_<mk>.h)
+    that interior window rows go through; None: plain loops."""
     IC = C // G
     FPG = OC // G
     ACC = acc_dtype(KH * KW * IC)
@@ -235,9 +253,10 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     ROW = KW * IC if DW == 1 and G == 1 else 0
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
-    DSP = dsp and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
-    # 1x1, stride 1, unpadded: a matrix product (see conv2d_pointwise below), with an int16 scratch argument.
-    POINTWISE = DSP and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED and (H, W) == (OH, OW) and C >= 4
+    DSP = mk is not None and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
+    # 1x1, stride 1, unpadded, Arm DSP: a matrix product (see conv2d_pointwise below) with an int16 scratch
+    # argument (SMLAD needs halfword pairs; MVE and plain C multiply the int8 rows directly).
+    POINTWISE = DSP and mk == "dsp" and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED and (H, W) == (OH, OW) and C >= 4
     P = N * OH * OW
     C4 = C // 4 * 4
 
@@ -253,7 +272,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                         acc[i] = 0
                     for kh in range(KH):
                         if DSP:
-                            T.evaluate(T.call_extern("void", "edgec_dsp_dot4", T.address_of(
+                            T.evaluate(T.call_extern("void", f"edgec_{mk}_dot4", T.address_of(
                                 x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
                                 T.address_of(w[(ocb * OB * KH + kh) * ROW]), KH * ROW, ROW, T.address_of(acc[0])))
                         elif UNROLL_ROW:
@@ -268,14 +287,18 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                     acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                           + ow * SW - PL) * C + j]) - XZP_IN,
                                         T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
-                    for i in T.unroll(OB):
-                        y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i,
-                                                                                   extra=_at(d, ocb * OB + i))
+                    if rq.vector and d is None:
+                        T.evaluate(rq.store4(q, acc, BI, ocb * OB,
+                                             T.address_of(y[((n * OH + oh) * OW + ow) * OC + ocb * OB])))
+                    else:
+                        for i in T.unroll(OB):
+                            y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(
+                                q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
                 for t in range(OC % OB):
                     acc[0] = 0
                     if DSP:
                         for kh in range(KH):
-                            acc[0] = acc[0] + T.call_extern("int32", "edgec_dsp_dot1", T.address_of(
+                            acc[0] = acc[0] + T.call_extern("int32", f"edgec_{mk}_dot1", T.address_of(
                                 x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
                                 T.address_of(w[((OC - OC % OB + t) * KH + kh) * ROW]), ROW)
                     else:
@@ -376,28 +399,31 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
 
 
 def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDED, XZP_IN, XZP, BI, BB,
-                   rq: Requant, pixel_macro: bool = False, dsp: bool = False):
+                   rq: Requant, pixel_macro: bool = False, mk: str | None = None):
     """DEPTHWISE_CONV_2D, same interior / border split as conv2d_func.
     `pixel_macro`: return the T.macro computing one output pixel (x, w, q, y, acc[1], n, oh, ow, d) instead
-    (`d` as in conv2d_func). `dsp`: blocks of 4 channels (depth multiplier 1) through edgec_dsp_dw4, border
-    windows over their in-image taps only."""
+    (`d` as in conv2d_func). `mk` (micro-kernel family, as in conv2d_func): blocks of 4 channels (depth
+    multiplier 1) through edgec_<mk>_dw4, border windows over their in-image taps only."""
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
     ACC = acc_dtype(KH * KW)
-    DSP = dsp and DM == 1 and DH == 1 and DW == 1 and ACC == "int32" and C >= 4
+    DSP = mk is not None and DM == 1 and DH == 1 and DW == 1 and ACC == "int32" and C >= 4
     C0 = C // 4 * 4 if DSP else 0  # channels below C0 go through the micro-kernel
 
     @T.macro
     def dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section):
         for i in T.unroll(4):
             acc[i] = 0
-        T.evaluate(T.call_extern("void", "edgec_dsp_dw4", T.address_of(
+        T.evaluate(T.call_extern("void", f"edgec_{mk}_dw4", T.address_of(
             x[((n * H + oh * SH - PT + kh0) * W + ow * SW - PL + kw0) * C + cb * 4]), W * C, C,
             T.address_of(w[(kh0 * KW + kw0) * OC + cb * 4]), KW * OC, OC, kh1 - kh0, kw1 - kw0, zp,
             T.address_of(acc[0])))
-        for i in T.unroll(4):
-            y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
-                                                                     extra=_at(d, cb * 4 + i))
+        if rq.vector and d is None:
+            T.evaluate(rq.store4(q, acc, section, cb * 4, T.address_of(y[((n * OH + oh) * OW + ow) * OC + cb * 4])))
+        else:
+            for i in T.unroll(4):
+                y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
+                                                                         extra=_at(d, cb * 4 + i))
 
     # One output pixel (all channels); the LoRA slots kernel reuses it.
     @T.macro
@@ -456,13 +482,13 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
     return depthwise
 
 
-def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool = False, dsp: bool = False):
+def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool = False, mk: str | None = None):
     """FULLY_CONNECTED: acc = sum((x - XZP_IN) * (w - WZP)) from bias section BI.
     `row_macro`: return the T.macro computing one batch row (x, w, q, y, acc[OB], b, d) instead (`d` as in
-    conv2d_func). `dsp`: the sums go through the micro-kernels of runtime_c/kernels/edgec_dsp.h."""
+    conv2d_func). `mk`: the sums go through that micro-kernel family (as in conv2d_func)."""
     OB = _OC_BLOCK
     ACC = acc_dtype(K)
-    DSP = dsp and ACC == "int32" and XZP_IN == 0 and WZP == 0 and OB == 4
+    DSP = mk is not None and ACC == "int32" and XZP_IN == 0 and WZP == 0 and OB == 4
 
     @T.macro
     def row(x, w, q, y, acc, b, d):
@@ -470,19 +496,22 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool
             for i in T.unroll(OB):
                 acc[i] = 0
             if DSP:
-                T.evaluate(T.call_extern("void", "edgec_dsp_dot4", T.address_of(x[b * K]),
+                T.evaluate(T.call_extern("void", f"edgec_{mk}_dot4", T.address_of(x[b * K]),
                                          T.address_of(w[ocb * OB * K]), K, K, T.address_of(acc[0])))
             else:
                 for k in range(K):
                     for i in T.unroll(OB):
                         acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
                             (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
-            for i in T.unroll(OB):
-                y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
+            if rq.vector and d is None:
+                T.evaluate(rq.store4(q, acc, BI, ocb * OB, T.address_of(y[b * OC + ocb * OB])))
+            else:
+                for i in T.unroll(OB):
+                    y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
         for t in range(OC % OB):
             acc[0] = 0
             if DSP:
-                acc[0] = T.call_extern("int32", "edgec_dsp_dot1", T.address_of(x[b * K]),
+                acc[0] = T.call_extern("int32", f"edgec_{mk}_dot1", T.address_of(x[b * K]),
                                        T.address_of(w[(OC - OC % OB + t) * K]), K)
             else:
                 for k in range(K):
@@ -577,10 +606,10 @@ def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                         a["dilation_w"], pt, pl, c // ic, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def lower_conv2d(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
+def lower_conv2d(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
     rq, _, params = conv2d_setup(graph, op)
-    rq.saturate = dsp
-    func = conv2d_func(*params, rq, dsp=dsp)
+    rq.micro = mk
+    func = conv2d_func(*params, rq, mk=mk)
     lowered = _lowered(op, graph.t(op.outputs[0]), rq, func, "conv2d")
     if len(func.params) == 5:  # conv2d_pointwise: a pixel pair's inputs as int16
         lowered.args.append(Arg.scratch(4 * (params[3] // 4 * 4)))
@@ -603,10 +632,10 @@ def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                         a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb)
 
 
-def lower_depthwise(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
+def lower_depthwise(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
     rq, _, params = depthwise_setup(graph, op)
-    rq.saturate = dsp
-    return _lowered(op, graph.t(op.outputs[0]), rq, depthwise_func(*params, rq, dsp=dsp), "depthwise")
+    rq.micro = mk
+    return _lowered(op, graph.t(op.outputs[0]), rq, depthwise_func(*params, rq, mk=mk), "depthwise")
 
 
 def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
@@ -635,21 +664,15 @@ def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
     return rq, scales, (x.size // k, k, oc, xzp_in, wzp, bi)
 
 
-def lower_fully_connected(graph: Graph, op: Op, dsp: bool = False) -> LoweredOp:
+def lower_fully_connected(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
     rq, _, params = fc_setup(graph, op)
-    rq.saturate = dsp
-    return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq, dsp=dsp), "fully_connected")
+    rq.micro = mk
+    return _lowered(op, graph.t(op.outputs[0]), rq, fully_connected_func(*params, rq, mk=mk), "fully_connected")
 
 
+# Each takes `mk`, the micro-kernel family of a kernel variant other than portable ("dsp", "mve", "rv32").
 LOWERINGS = {
     "CONV_2D": lower_conv2d,
     "DEPTHWISE_CONV_2D": lower_depthwise,
     "FULLY_CONNECTED": lower_fully_connected,
-}
-
-# kernel_variant "dsp" (targets with the Arm DSP extension): the same kernels with micro-kernel calls.
-DSP_LOWERINGS = {
-    "CONV_2D": lambda graph, op: lower_conv2d(graph, op, dsp=True),
-    "DEPTHWISE_CONV_2D": lambda graph, op: lower_depthwise(graph, op, dsp=True),
-    "FULLY_CONNECTED": lambda graph, op: lower_fully_connected(graph, op, dsp=True),
 }

@@ -187,19 +187,19 @@ def _check_taps(graph: Graph, op: Op, k: int) -> None:
 
 
 def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
-                                dsp: bool = False) -> LoweredOp:
+                                mk: str | None = None) -> LoweredOp:
     """FULLY_CONNECTED with LoRA adapter slots (`factors`: per slot float (A [r, K], B [OC, r]) or None); the
     slot tables go to `banks`."""
     base = lower_fully_connected(graph, op)
     if base.kind == "fill":
         return base  # the output is one value whatever the adapters do
     rq, scales, params = fc_setup(graph, op)
-    rq.saturate = dsp
+    rq.micro = mk
     batches, k, oc = params[:3]
     _check_taps(graph, op, k)
     rank, s = _rank(factors), len(factors)
     a_off, b_off, m_off = _add_tables(graph, op, banks, scales, factors, rank, k, oc)
-    row = fully_connected_func(*params, rq, row_macro=True, dsp=dsp)
+    row = fully_connected_func(*params, rq, row_macro=True, mk=mk)
 
     @T.macro
     def base_row(x, w, q, y, acc, b, unused_h, unused_w, d):
@@ -215,14 +215,14 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: Adap
 
 
 def lower_conv2d_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
-                       dsp: bool = False) -> LoweredOp:
+                       mk: str | None = None) -> LoweredOp:
     """CONV_2D (one group) with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*IC], B [OC, r]) or
     None); the slot tables go to `banks`."""
     base = lower_conv2d(graph, op)
     if base.kind == "fill":
         return base
     rq, scales, params = conv2d_setup(graph, op)
-    rq.saturate = dsp
+    rq.micro = mk
     n, h, wd, c, oh, ow, oc, kh, kw, sh, sw, dh, dw, pt, pl, groups = params[:16]
     if groups != 1:
         raise _fail(graph, op, f"a grouped convolution ({groups} groups) with adapter slots", "groups = 1")
@@ -233,30 +233,30 @@ def lower_conv2d_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
                          acc_dtype(kh * kw * c), _OC_BLOCK,
                          window_sums_func(h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, graph.t(op.inputs[0]).zero_point,
                                           s, rank, a_off),
-                         conv2d_func(*params, rq, pixel_macro=True, dsp=dsp),
+                         conv2d_func(*params, rq, pixel_macro=True, mk=mk),
                          slot_deltas_func(s, rank, oc, b_off, m_off))
     return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="conv2d_slots")
 
 
 def lower_depthwise_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
-                          dsp: bool = False) -> LoweredOp:
+                          mk: str | None = None) -> LoweredOp:
     """DEPTHWISE_CONV_2D with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*C], B [OC, r]) of the
     full-conv ΔW [OC, KH, KW, C] of PEFT's LoRA on a depthwise Conv2d, or None); the tables go to `banks`."""
     base = lower_depthwise(graph, op)
     if base.kind == "fill":
         return base
     rq, scales, params = depthwise_setup(graph, op)
-    rq.saturate = dsp
+    rq.micro = mk
     n, h, wd, c, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, dm = params[:15]
     oc = c * dm
     _check_taps(graph, op, kh * kw * c)
     rank, s = _rank(factors), len(factors)
     a_off, b_off, m_off = _add_tables(graph, op, banks, scales, factors, rank, kh * kw * c, oc)
     func = _slots_kernel(n, oh, ow, n * h * wd * c, kh * kw * oc, n * oh * ow * oc, rq, s, rank, oc,
-                         acc_dtype(kh * kw), 4 if dsp else 1,
+                         acc_dtype(kh * kw), 4 if mk else 1,
                          window_sums_func(h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, graph.t(op.inputs[0]).zero_point,
                                           s, rank, a_off),
-                         depthwise_func(*params, rq, pixel_macro=True, dsp=dsp),
+                         depthwise_func(*params, rq, pixel_macro=True, mk=mk),
                          slot_deltas_func(s, rank, oc, b_off, m_off))
     return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="depthwise_slots")
 

@@ -1,0 +1,85 @@
+/*
+ * edgec_rv32.h - int8 micro-kernels that the lowered kernels call (kernel_variant "rv32": RV32IMC cores such as
+ * the ESP32-C3, no SIMD). Plain C shaped for RV32: walking pointers instead of indexed addresses (RV32 loads take
+ * only a constant offset), inner loops unrolled by 2 so a loop branch and the pointer updates serve twice the
+ * MACs, and the accumulators of 4 rows or 4 channels in registers (RV32 has 31). Sums wrap modulo 2^32 like the
+ * int32 accumulators of the portable kernels (done in uint32: no signed overflow in C), so results are identical.
+ */
+#ifndef EDGEC_RV32_H
+#define EDGEC_RV32_H
+
+#include <stdint.h>
+
+/* v saturated to [-128, 127]. */
+static inline int32_t edgec_rv32_sat8(int32_t v)
+{
+    return v < -128 ? -128 : (v > 127 ? 127 : v);
+}
+
+/* acc[i] += sum_{j < n} x[j] * w[i * stride + j] for the 4 weight rows i = 0..3. */
+static inline void edgec_rv32_dot4(const int8_t *x, const int8_t *w, int32_t stride, int32_t n, int32_t *acc)
+{
+    uint32_t a0 = (uint32_t)acc[0], a1 = (uint32_t)acc[1], a2 = (uint32_t)acc[2], a3 = (uint32_t)acc[3];
+    const int8_t *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+    const int8_t *end = x + (n & ~1);
+    while (x != end) {
+        const int32_t x0 = x[0], x1 = x[1];
+        a0 += (uint32_t)(x0 * w0[0]) + (uint32_t)(x1 * w0[1]);
+        a1 += (uint32_t)(x0 * w1[0]) + (uint32_t)(x1 * w1[1]);
+        a2 += (uint32_t)(x0 * w2[0]) + (uint32_t)(x1 * w2[1]);
+        a3 += (uint32_t)(x0 * w3[0]) + (uint32_t)(x1 * w3[1]);
+        x += 2;
+        w0 += 2;
+        w1 += 2;
+        w2 += 2;
+        w3 += 2;
+    }
+    if (n & 1) {
+        const int32_t x0 = x[0];
+        a0 += (uint32_t)(x0 * w0[0]);
+        a1 += (uint32_t)(x0 * w1[0]);
+        a2 += (uint32_t)(x0 * w2[0]);
+        a3 += (uint32_t)(x0 * w3[0]);
+    }
+    acc[0] = (int32_t)a0;
+    acc[1] = (int32_t)a1;
+    acc[2] = (int32_t)a2;
+    acc[3] = (int32_t)a3;
+}
+
+/* sum_{j < n} x[j] * w[j]. */
+static inline int32_t edgec_rv32_dot1(const int8_t *x, const int8_t *w, int32_t n)
+{
+    uint32_t a = 0;
+    const int8_t *end = x + n;
+    while (x != end) {
+        a += (uint32_t)(*x++ * *w++);
+    }
+    return (int32_t)a;
+}
+
+/* Depthwise taps of 4 adjacent channels: acc[i] += sum over nh x nw taps of (x[tap + i] - zp) * w[tap + i],
+ * tap (r, c) at x + r * x_row + c * x_col and w + r * w_row + c * w_col. */
+static inline void edgec_rv32_dw4(const int8_t *x, int32_t x_row, int32_t x_col, const int8_t *w, int32_t w_row,
+                                  int32_t w_col, int32_t nh, int32_t nw, int32_t zp, int32_t *acc)
+{
+    uint32_t a0 = (uint32_t)acc[0], a1 = (uint32_t)acc[1], a2 = (uint32_t)acc[2], a3 = (uint32_t)acc[3];
+    int32_t r, c;
+    for (r = 0; r < nh; r++) {
+        const int8_t *xt = x + r * x_row, *wt = w + r * w_row;
+        for (c = 0; c < nw; c++) {
+            a0 += (uint32_t)((xt[0] - zp) * wt[0]);
+            a1 += (uint32_t)((xt[1] - zp) * wt[1]);
+            a2 += (uint32_t)((xt[2] - zp) * wt[2]);
+            a3 += (uint32_t)((xt[3] - zp) * wt[3]);
+            xt += x_col;
+            wt += w_col;
+        }
+    }
+    acc[0] = (int32_t)a0;
+    acc[1] = (int32_t)a1;
+    acc[2] = (int32_t)a2;
+    acc[3] = (int32_t)a3;
+}
+
+#endif /* EDGEC_RV32_H */
