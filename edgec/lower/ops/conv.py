@@ -257,6 +257,13 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     # 1x1, stride 1, unpadded, Arm DSP: a matrix product (see conv2d_pointwise below) with an int16 scratch
     # argument (SMLAD needs halfword pairs; MVE and plain C multiply the int8 rows directly).
     POINTWISE = DSP and mk == "dsp" and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED and (H, W) == (OH, OW) and C >= 4
+    # With micro-kernels, windows can be gathered into an int8 scratch (out-of-image taps as the input zero
+    # point, which the folded bias cancels) and summed as one row of KH * ROW bytes: every window when rows are
+    # short (a first layer's few input channels; 16 or more output channels share the gather), else, with SIMD
+    # micro-kernels, the border windows, which would otherwise take the scalar path.
+    GATHER_ALL = DSP and ROW < 16 and KH > 1 and OC >= 16
+    GATHER = not pixel_macro and not POINTWISE and (GATHER_ALL or (DSP and PADDED and mk in ("dsp", "mve")))
+    WIN = KH * ROW
     P = N * OH * OW
     C4 = C // 4 * 4
 
@@ -350,11 +357,58 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     if pixel_macro:
         return pixel
 
+    # A window gathered into scratch s (out-of-image taps = the input zero point) and summed as one row.
+    @T.macro
+    def gathered(x, w, q, y, s, acc, n, oh, ow):
+        for kh, kw in T.grid(KH, KW):
+            if not PADDED or (0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H
+                              and 0 <= ow * SW - PL + kw and ow * SW - PL + kw < W):
+                for ic in range(C):
+                    s[(kh * KW + kw) * C + ic] = x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL + kw) * C + ic]
+            else:
+                for ic in range(C):
+                    s[(kh * KW + kw) * C + ic] = T.int8(XZP)
+        for ocb in range(OC // OB):
+            for i in T.unroll(OB):
+                acc[i] = 0
+            T.evaluate(T.call_extern("void", f"edgec_{mk}_dot4", T.address_of(s[0]), T.address_of(w[ocb * OB * WIN]),
+                                     WIN, WIN, T.address_of(acc[0])))
+            if rq.vector:
+                T.evaluate(rq.store4(q, acc, BI, ocb * OB, T.address_of(y[((n * OH + oh) * OW + ow) * OC + ocb * OB])))
+            else:
+                for i in T.unroll(OB):
+                    y[((n * OH + oh) * OW + ow) * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i)
+        for t in range(OC % OB):
+            acc[0] = T.call_extern("int32", f"edgec_{mk}_dot1", T.address_of(s[0]),
+                                   T.address_of(w[(OC - OC % OB + t) * WIN]), WIN)
+            y[((n * OH + oh) * OW + ow) * OC + OC - OC % OB + t] = rq.expr(q, acc[0], BI, OC - OC % OB + t)
+
+    if GATHER:
+        @T.prim_func(s_tir=True)
+        def conv2d_gather(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
+                          y_p: T.handle("int8"), s_p: T.handle("int8")):
+            T.func_attr({"tirx.noalias": True, "edgec.scratch_bytes": WIN})
+            x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+            w = T.decl_buffer((OC * WIN,), "int8", data=w_p)
+            q = T.decl_buffer((rq.size,), "int32", data=q_p)
+            y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+            s = T.decl_buffer((WIN,), "int8", data=s_p)
+            acc = T.sblock_alloc_buffer((OB,), ACC)
+            for n, oh, ow in T.grid(N, OH, OW):
+                if GATHER_ALL:
+                    gathered(x, w, q, y, s, acc, n, oh, ow)
+                elif (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
+                      and ow * SW >= PL and ow * SW - PL + KW - 1 < W):
+                    pixel(x, w, q, y, acc, n, oh, ow, None)
+                else:
+                    gathered(x, w, q, y, s, acc, n, oh, ow)
+        return conv2d_gather
+
     if POINTWISE:
         @T.prim_func(s_tir=True)
         def conv2d_pointwise(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
                              y_p: T.handle("int8"), s_p: T.handle("int16")):
-            T.func_attr({"tirx.noalias": True})
+            T.func_attr({"tirx.noalias": True, "edgec.scratch_bytes": 4 * C4})
             x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
             w = T.decl_buffer((OC * C,), "int8", data=w_p)
             q = T.decl_buffer((rq.size,), "int32", data=q_p)
@@ -611,8 +665,8 @@ def lower_conv2d(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
     rq.micro = mk
     func = conv2d_func(*params, rq, mk=mk)
     lowered = _lowered(op, graph.t(op.outputs[0]), rq, func, "conv2d")
-    if len(func.params) == 5:  # conv2d_pointwise: a pixel pair's inputs as int16
-        lowered.args.append(Arg.scratch(4 * (params[3] // 4 * 4)))
+    if func.attrs and "edgec.scratch_bytes" in func.attrs:  # conv2d_pointwise, conv2d_im2col
+        lowered.args.append(Arg.scratch(int(func.attrs["edgec.scratch_bytes"])))
     return lowered
 
 
