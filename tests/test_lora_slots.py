@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from edgec.cli.main import main
 from edgec.cli.verify import run_project
 from edgec.pipeline import build
+from edgec.targets import load_target
 from support import peft_adapter, require_target
 
 nn = torch.nn
@@ -64,7 +65,8 @@ def _slots_setup(work: Path, base, configs: dict, in_shape: tuple, onnx_name: st
     report = build(work / onnx_name, "cortex-m4", work / "slots", adapters=[(n, work / n) for n in configs],
                    adapter_mode="slots", **opts)
     base_report = build(work / onnx_name, "host", work / "base", **opts)
-    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report, "base_report": base_report}
+    return {"work": work, "base": base, "deltas": deltas, "cal": cal, "report": report, "base_report": base_report,
+            "onnx": onnx_name, "adapters": list(configs)}
 
 
 @pytest.fixture(scope="module")
@@ -470,3 +472,22 @@ def test_depthwise_tflite_base_with_adapter_map(dw_setup, tmp_path) -> None:
     outs, _ = run_project(tmp_path / "p", report, [[x] for x in xs], "host", tmp_path / "run", [[ONE]])
     got = np.stack([o[0] for o in outs]).reshape(want.shape)
     assert _sqnr(got, want) >= MIN_SQNR_DB and np.abs(got - want).max() <= MAX_ABS_ERROR
+
+
+@pytest.mark.parametrize("target", ["cortex-m55", "esp32c3"])
+@pytest.mark.parametrize("fixture", ["conv_setup", "dw_setup"])
+def test_slot_kernels_of_every_variant_qemu(request, fixture: str, target: str) -> None:
+    """The slot kernels over the mve and rv32 micro-kernels (cortex-m55, esp32c3 under QEMU) give the bytes of
+    the cortex-m4 slots project (dsp) compiled for the host, with adapters off, on, mixed and negative."""
+    require_target(target)
+    setup = request.getfixturevalue(fixture)
+    work = setup["work"]
+    report = build(work / setup["onnx"], target, work / f"slots_{target}", adapter_mode="slots",
+                   adapters=[(n, work / n) for n in setup["adapters"]], calibration=str(work / "cal.npz"),
+                   warn=lambda m: None)
+    assert report["kernels"] == load_target(target)["kernel_variant"] != "portable"
+    xs = setup["cal"][:4]
+    schedule = [[0, 0], [ONE, 0], [ONE, ONE // 2], [-ONE // 2, 2 * ONE]]
+    outs, _ = run_project(work / f"slots_{target}", report, [[x] for x in xs], "qemu", work / f"run_{target}",
+                          schedule)
+    assert np.array_equal(np.stack([o[0] for o in outs]), _run(setup, "slots", "host", schedule, inputs=xs))

@@ -254,9 +254,11 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
     DSP = mk is not None and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
-    # 1x1, stride 1, unpadded, Arm DSP: a matrix product (see conv2d_pointwise below) with an int16 scratch
-    # argument (SMLAD needs halfword pairs; MVE and plain C multiply the int8 rows directly).
-    POINTWISE = DSP and mk == "dsp" and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED and (H, W) == (OH, OW) and C >= 4
+    # 1x1, stride 1, unpadded: a matrix product in blocks of pixels by channels: Arm DSP 2 x 2 with an int16
+    # scratch argument (conv2d_pointwise: SMLAD needs halfword pairs), RV32 4 x 4 (conv2d_pointwise_rv32). MVE's
+    # row products (VMLADAVA over 16 bytes) gain nothing from it.
+    POINTWISE = (DSP and mk in ("dsp", "rv32") and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED
+                 and (H, W) == (OH, OW) and C >= 4)
     # With micro-kernels, windows can be gathered into an int8 scratch (out-of-image taps as the input zero
     # point, which the folded bias cancels) and summed as one row of KH * ROW bytes: every window when rows are
     # short (a first layer's few input channels; 16 or more output channels share the gather), else, with SIMD
@@ -403,6 +405,36 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                 else:
                     gathered(x, w, q, y, s, acc, n, oh, ow)
         return conv2d_gather
+
+    if POINTWISE and mk == "rv32":
+        @T.prim_func(s_tir=True)
+        def conv2d_pointwise_rv32(x_p: T.handle("int8"), w_p: T.handle("int8"), q_p: T.handle("int32"),
+                                  y_p: T.handle("int8")):
+            T.func_attr({"tirx.noalias": True})
+            x = T.decl_buffer((N * H * W * C,), "int8", data=x_p)
+            w = T.decl_buffer((OC * C,), "int8", data=w_p)
+            q = T.decl_buffer((rq.size,), "int32", data=q_p)
+            y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
+            acc = T.sblock_alloc_buffer((16,), ACC)
+            # Blocks of 4 pixels by 4 channels (edgec_rv32_mm4x4): each loaded byte serves 4 MACs.
+            for p4 in range(P // 4):
+                for c4 in range(OC // 4):
+                    for i in T.unroll(16):
+                        acc[i] = 0
+                    T.evaluate(T.call_extern("void", "edgec_rv32_mm4x4", T.address_of(x[4 * p4 * C]), C,
+                                             T.address_of(w[4 * c4 * C]), C, C, T.address_of(acc[0])))
+                    for pi in T.unroll(4):
+                        for ci in T.unroll(4):
+                            y[(4 * p4 + pi) * OC + 4 * c4 + ci] = rq.expr(q, acc[4 * pi + ci], BI, 4 * c4 + ci)
+                for t in range(OC % 4):
+                    for pi in T.unroll(4):
+                        acc[0] = T.call_extern("int32", "edgec_rv32_dot1", T.address_of(x[(4 * p4 + pi) * C]),
+                                               T.address_of(w[(OC - OC % 4 + t) * C]), C)
+                        y[(4 * p4 + pi) * OC + OC - OC % 4 + t] = rq.expr(q, acc[0], BI, OC - OC % 4 + t)
+            for t in range(P % 4):
+                pixel(x, w, q, y, acc, (P - P % 4 + t) // (OH * OW), (P - P % 4 + t) // OW % OH,
+                      (P - P % 4 + t) % OW, None)
+        return conv2d_pointwise_rv32
 
     if POINTWISE:
         @T.prim_func(s_tir=True)
