@@ -144,16 +144,15 @@ static inline int32_t edgec_mve_rdpot(int32_t v, int32_t e)
 }
 #endif
 
-/* y[i] = clamp(MultiplyByQuantizedMultiplier(acc[i] + bias[i], mult[i], shift_i) + yzp, lo, hi) for the 4
- * channels i = 0..3 (the int32 sum wraps). shift_i: mode 0: shift_const for all; 1: -shift[i] (the table holds
- * right-shift amounts); 2: shift[i] (left positive). */
-static inline void edgec_mve_rq4(const int32_t *acc, const int32_t *mult, const int32_t *shift, int32_t mode,
-                                 int32_t shift_const, const int32_t *bias, int32_t yzp, int32_t lo, int32_t hi,
-                                 int8_t *y)
-{
 #if EDGEC_MVE
+/* clamp(MultiplyByQuantizedMultiplier(v + bias, mult, shift) + yzp, lo, hi) on 4 int32 lanes (the sum wraps);
+ * shift modes as in edgec_mve_rq4. */
+static inline int32x4_t edgec_mve_requant(int32x4_t v, const int32_t *mult, const int32_t *shift, int32_t mode,
+                                          int32_t shift_const, const int32_t *bias, int32_t yzp, int32_t lo,
+                                          int32_t hi)
+{
     int32x4_t left, right;
-    int32x4_t v = vaddq_s32(vldrwq_s32(acc), vldrwq_s32(bias));
+    v = vaddq_s32(v, vldrwq_s32(bias));
     if (mode == 0) {
         left = vdupq_n_s32(shift_const > 0 ? shift_const : 0);
         right = vdupq_n_s32(shift_const < 0 ? -shift_const : 0);
@@ -174,8 +173,19 @@ static inline void edgec_mve_rq4(const int32_t *acc, const int32_t *mult, const 
         const int32x4_t fix = vandq_s32(vshrq_n_s32(v, 31), vshrq_n_s32(vnegq_s32(right), 31));
         v = vrshlq_s32(vqaddq_s32(v, fix), vnegq_s32(right));
     }
-    v = vminq_s32(vmaxq_s32(vaddq_n_s32(v, yzp), vdupq_n_s32(lo)), vdupq_n_s32(hi));
-    vstrbq_s32(y, v);
+    return vminq_s32(vmaxq_s32(vaddq_n_s32(v, yzp), vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+#endif
+
+/* y[i] = clamp(MultiplyByQuantizedMultiplier(acc[i] + bias[i], mult[i], shift_i) + yzp, lo, hi) for the 4
+ * channels i = 0..3 (the int32 sum wraps). shift_i: mode 0: shift_const for all; 1: -shift[i] (the table holds
+ * right-shift amounts); 2: shift[i] (left positive). */
+static inline void edgec_mve_rq4(const int32_t *acc, const int32_t *mult, const int32_t *shift, int32_t mode,
+                                 int32_t shift_const, const int32_t *bias, int32_t yzp, int32_t lo, int32_t hi,
+                                 int8_t *y)
+{
+#if EDGEC_MVE
+    vstrbq_s32(y, edgec_mve_requant(vldrwq_s32(acc), mult, shift, mode, shift_const, bias, yzp, lo, hi));
 #else
     int32_t i;
     for (i = 0; i < 4; i++) {
@@ -187,6 +197,47 @@ static inline void edgec_mve_rq4(const int32_t *acc, const int32_t *mult, const 
         y[i] = (int8_t)v;
     }
 #endif
+}
+
+/* A depthwise output pixel's first 4 * blocks channels (depth multiplier 1): per block of 4, the taps as in
+ * edgec_mve_dw4 from 0, then requantized as in edgec_mve_rq4; x, w, the tables and y advance by 4 per block.
+ * One call per pixel keeps the sums in a register from the first tap to the store. */
+static inline void edgec_mve_dw_rq(const int8_t *x, int32_t x_row, int32_t x_col, const int8_t *w, int32_t w_row,
+                                   int32_t w_col, int32_t nh, int32_t nw, int32_t zp, int32_t blocks,
+                                   const int32_t *mult, const int32_t *shift, int32_t mode, int32_t shift_const,
+                                   const int32_t *bias, int32_t yzp, int32_t lo, int32_t hi, int8_t *y)
+{
+    int32_t b;
+    for (b = 0; b < blocks; b++) {
+#if EDGEC_MVE
+        int32x4_t a = vdupq_n_s32(0);
+        int32_t r, c;
+        /* Interior windows have constant taps after inlining: unrolled, each tap is 2 loads, VMUL, VADD. */
+#pragma GCC unroll 8
+        for (r = 0; r < nh; r++) {
+            const int8_t *xr = x + r * x_row, *wr = w + r * w_row;
+#pragma GCC unroll 8
+            for (c = 0; c < nw; c++) {
+                int32x4_t xv = vldrbq_s32(xr + c * x_col);
+                if (zp != 0) {
+                    xv = vsubq_n_s32(xv, zp);
+                }
+                a = vaddq_s32(a, vmulq_s32(xv, vldrbq_s32(wr + c * w_col)));
+            }
+        }
+        vstrbq_s32(y, edgec_mve_requant(a, mult, shift, mode, shift_const, bias, yzp, lo, hi));
+#else
+        int32_t acc[4] = {0, 0, 0, 0};
+        edgec_mve_dw4(x, x_row, x_col, w, w_row, w_col, nh, nw, zp, acc);
+        edgec_mve_rq4(acc, mult, shift, mode, shift_const, bias, yzp, lo, hi, y);
+#endif
+        x += 4;
+        w += 4;
+        mult += 4;
+        shift += 4;
+        bias += 4;
+        y += 4;
+    }
 }
 
 #endif /* EDGEC_MVE_H */

@@ -184,15 +184,20 @@ class Requant:
         """Blocks of 4 channels requantize in one edgec_mve_rq4 call (store4)."""
         return self.micro == "mve"
 
-    def store4(self, q, acc, bias_offset: int, oc, y_addr) -> tirx.PrimExpr:
-        """edgec_mve_rq4: the int32 accumulators acc[0..3] of channels oc..oc+3 requantized (as expr does) to
-        int8 at y_addr. Shift mode 0: the uniform shift as a constant; 1: right-shift amounts in the table;
-        2: signed shifts (left positive) in the table."""
+    def vector_args(self, q, bias_offset: int, oc) -> list:
+        """The requantization arguments of the MVE micro-kernels for channels oc.. (`q`: the table): multipliers,
+        shifts, shift mode (0: the uniform shift as a constant; 1: right-shift amounts in the table; 2: signed
+        shifts, left positive), the uniform shift, biases, output zero point, activation range."""
         mode = 0 if self.uniform_shift is not None else (1 if self.right_only else 2)
         shifts = q[oc] if mode == 0 else q[self.oc + oc]
-        return T.call_extern("void", "edgec_mve_rq4", T.address_of(acc[0]), T.address_of(q[oc]),
-                             T.address_of(shifts), mode, self.uniform_shift or 0, T.address_of(q[bias_offset + oc]),
-                             self.yzp, self.lo, self.hi, y_addr)
+        return [T.address_of(q[oc]), T.address_of(shifts), mode, self.uniform_shift or 0,
+                T.address_of(q[bias_offset + oc]), self.yzp, self.lo, self.hi]
+
+    def store4(self, q, acc, bias_offset: int, oc, y_addr) -> tirx.PrimExpr:
+        """edgec_mve_rq4: the int32 accumulators acc[0..3] of channels oc..oc+3 requantized (as expr does) to
+        int8 at y_addr."""
+        return T.call_extern("void", "edgec_mve_rq4", T.address_of(acc[0]), *self.vector_args(q, bias_offset, oc),
+                             y_addr)
 
 
 def _window(graph: Graph, op: Op, x: Tensor, y: Tensor, kh: int, kw: int) -> tuple[int, int, int, int, bool]:
@@ -511,46 +516,56 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                 y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
                                                                          extra=_at(d, cb * 4 + i))
 
+    @T.macro
+    def dsp_blocks(x, w, q, y, acc, n, oh, ow, d, kh0, kh1, kw0, kw1, zp, section):
+        if rq.vector and d is None:  # MVE: all blocks and their requantization in one call
+            T.evaluate(T.call_extern("void", "edgec_mve_dw_rq", T.address_of(
+                x[((n * H + oh * SH - PT + kh0) * W + ow * SW - PL + kw0) * C]), W * C, C,
+                T.address_of(w[(kh0 * KW + kw0) * OC]), KW * OC, OC, kh1 - kh0, kw1 - kw0, zp, C0 // 4,
+                *rq.vector_args(q, section, 0), T.address_of(y[((n * OH + oh) * OW + ow) * OC])))
+        else:
+            for cb in range(C0 // 4):
+                dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section)
+
     # One output pixel (all channels); the LoRA slots kernel reuses it.
     @T.macro
     def pixel(x, w, q, y, acc, n, oh, ow, d):
         if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
                           and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
             if DSP:
-                for cb in range(C0 // 4):
-                    dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, 0, KH, 0, KW, XZP_IN, BI)
-            for c, m in T.grid(C - C0, DM):
-                acc[0] = 0
-                if UNROLL:
-                    for kh in T.unroll(KH):
-                        for kw in T.unroll(KW):
+                dsp_blocks(x, w, q, y, acc, n, oh, ow, d, 0, KH, 0, KW, XZP_IN, BI)
+            if C0 < C:  # channels outside the micro-kernel blocks
+                for c, m in T.grid(C - C0, DM):
+                    acc[0] = 0
+                    if UNROLL:
+                        for kh in T.unroll(KH):
+                            for kw in T.unroll(KW):
+                                acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                      + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP_IN,
+                                    T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
+                    else:
+                        for kh, kw in T.grid(KH, KW):
                             acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                   + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP_IN,
                                 T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
-                else:
-                    for kh, kw in T.grid(KH, KW):
-                        acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                              + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP_IN,
-                            T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BI, (C0 + c) * DM + m,
-                                                                          extra=_at(d, (C0 + c) * DM + m))
+                    y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BI, (C0 + c) * DM + m,
+                                                                              extra=_at(d, (C0 + c) * DM + m))
         else:
             if DSP:
-                for cb in range(C0 // 4):
-                    dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, T.max(PT - oh * SH, 0),
-                              T.min(H + PT - oh * SH, KH), T.max(PL - ow * SW, 0), T.min(W + PL - ow * SW, KW), XZP,
-                              BB)
-            for c, m in T.grid(C - C0, DM):
-                acc[0] = 0
-                for kh in range(KH):
-                    if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
-                        for kw in range(KW):
-                            if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
-                                acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
-                                                                      + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP,
-                                    T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
-                y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BB, (C0 + c) * DM + m,
-                                                                      extra=_at(d, (C0 + c) * DM + m))
+                dsp_blocks(x, w, q, y, acc, n, oh, ow, d, T.max(PT - oh * SH, 0), T.min(H + PT - oh * SH, KH),
+                           T.max(PL - ow * SW, 0), T.min(W + PL - ow * SW, KW), XZP, BB)
+            if C0 < C:  # channels outside the micro-kernel blocks
+                for c, m in T.grid(C - C0, DM):
+                    acc[0] = 0
+                    for kh in range(KH):
+                        if 0 <= oh * SH - PT + kh * DH and oh * SH - PT + kh * DH < H:
+                            for kw in range(KW):
+                                if 0 <= ow * SW - PL + kw * DW and ow * SW - PL + kw * DW < W:
+                                    acc[0] = mac(acc[0], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
+                                                                          + ow * SW - PL + kw * DW) * C + C0 + c]) - XZP,
+                                        T.Cast("int32", w[(kh * KW + kw) * OC + (C0 + c) * DM + m]))
+                    y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BB, (C0 + c) * DM + m,
+                                                                          extra=_at(d, (C0 + c) * DM + m))
 
     if pixel_macro:
         return pixel
@@ -562,9 +577,13 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
         w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
         q = T.decl_buffer((rq.size,), "int32", data=q_p)
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
-        acc = T.sblock_alloc_buffer((4 if DSP else 1,), ACC)
-        for n, oh, ow in T.grid(N, OH, OW):
-            pixel(x, w, q, y, acc, n, oh, ow, None)
+        if rq.vector and DSP and C0 == C:  # no accumulator array: edgec_mve_dw_rq keeps the sums
+            for n, oh, ow in T.grid(N, OH, OW):
+                pixel(x, w, q, y, None, n, oh, ow, None)
+        else:
+            acc = T.sblock_alloc_buffer((4 if DSP else 1,), ACC)
+            for n, oh, ow in T.grid(N, OH, OW):
+                pixel(x, w, q, y, acc, n, oh, ow, None)
     return depthwise
 
 
