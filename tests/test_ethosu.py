@@ -332,7 +332,7 @@ def test_targets_listed() -> None:
     for name, macs in (("ethos-u55-128", 128), ("ethos-u55-256", 256)):
         target = load_target(name)
         assert target["status"] == "supported (NPU mocked)" and target["npu"]["macs"] == macs
-        assert target["board"] == "mps3_an547" and target["kernel_variant"] == "dsp"
+        assert target["board"] == "mps3_an547" and target["kernel_variant"] == "mve"
         assert re.fullmatch(r"ethos-u55-\d+", target["npu"]["accelerator"])
 
 
