@@ -64,6 +64,18 @@ def rounding_divide_by_pot(x: tirx.PrimExpr, exponent: tirx.PrimExpr) -> tirx.Pr
     return let(x, lambda v: let(i32(exponent), lambda e: body(v, e), "e"), "x")
 
 
+def rounding_divide_by_pot_bounded(x: tirx.PrimExpr, exponent: tirx.PrimExpr) -> tirx.PrimExpr:
+    """RoundingDivideByPOT for exponent >= 1 and |x| < 2^31 - 1: ties away from zero is rounding half up of
+    x - 1 for negative x, and floor((u + 2^(e-1)) / 2^e) = ((u >> (e - 1)) + 1) >> 1 (no overflow in between)."""
+    def body(v, e):
+        u = v + tirx.shift_right(v, tirx.const(31, "int32"))
+        return tirx.shift_right(tirx.shift_right(u, e - 1) + 1, tirx.const(1, "int32"))
+
+    if isinstance(exponent, int):
+        return let(x, lambda v: body(v, tirx.const(exponent, "int32")), "x")
+    return let(x, lambda v: let(i32(exponent), lambda e: body(v, e), "e"), "x")
+
+
 def multiply_by_quantized_multiplier(x: tirx.PrimExpr, multiplier: tirx.PrimExpr,
                                      shift: tirx.PrimExpr) -> tirx.PrimExpr:
     """MultiplyByQuantizedMultiplier(x, multiplier, shift) with a run-time or constant shift."""

@@ -48,6 +48,19 @@ static inline int32_t edgec_dsp_sat8(int32_t v)
 #endif
 }
 
+/* TFLite's SaturatingRoundingDoublingHighMul(a, b) for |a| < 2^30 (the compiler proves it): floor((2ab + 2^31) /
+ * 2^32), one SMMULR of 2a and b. */
+static inline int32_t edgec_dsp_srdhm30(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a * 2), "r"(b));
+    return r;
+#else
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
+#endif
+}
+
 /* acc[i] += sum_{j < n} x[j] * w[i * stride + j] for the 4 weight rows i = 0..3. */
 static inline void edgec_dsp_dot4(const int8_t *x, const int8_t *w, int32_t stride, int32_t n, int32_t *acc)
 {

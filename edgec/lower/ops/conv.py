@@ -42,7 +42,15 @@ from tvm.script import tirx as T
 
 from edgec.errors import EdgecError
 from edgec.ir.graph import Graph, Op, Tensor
-from edgec.lower.fixedpoint import clamp, i32, i64, let, rounding_divide_by_pot, srdhm
+from edgec.lower.fixedpoint import (
+    clamp,
+    i32,
+    i64,
+    let,
+    rounding_divide_by_pot,
+    rounding_divide_by_pot_bounded,
+    srdhm,
+)
 from edgec.lower.kernel import Arg, LoweredOp
 from edgec.lower.qparams import activation_range, quantize_multiplier, same_padding
 
@@ -137,6 +145,9 @@ class Requant:
         # Micro-kernel family of the kernel variant (None: portable C): saturate with edgec_<family>_sat8
         # (one SSAT); "mve" requantizes blocks of 4 channels with edgec_mve_rq4 (store4).
         self.micro: str | None = None
+        # The largest |sum of products| before the bias (set by the lowering): with it, "dsp" proves the
+        # operands small enough for SMMULR and a short rounding shift (short_forms).
+        self.acc_bound: int | None = None
         if self.uniform_shift is None:
             self.sections.append(-shift if self.right_only else shift)
 
@@ -152,6 +163,24 @@ class Requant:
     def table(self) -> np.ndarray:
         return np.concatenate(self.sections).astype(np.int32)
 
+    def short_forms(self) -> bool:
+        """Whether every channel's acc + bias, shifted left, stays below 2^30 in magnitude and every right shift
+        is at least 1: then SaturatingRoundingDoublingHighMul(a, m) is SMMULR(2a, m) (edgec_dsp_srdhm30), its
+        result is below 2^30 and RoundingDivideByPOT has the short exact form (rounding_divide_by_pot_bounded).
+        Only for the dsp micro-kernels (SMMULR)."""
+        if self.micro != "dsp" or self.acc_bound is None:
+            return False
+        first_bias = 1 if self.uniform_shift is not None else 2
+        bias_max = max((int(np.abs(sec).max()) for sec in self.sections[first_bias:]), default=0)
+        if self.uniform_shift is not None:
+            left, right_min = max(self.uniform_shift, 0), max(-self.uniform_shift, 0)
+            right_ok = right_min >= 1 or self.uniform_shift >= 0
+        elif self.right_only:
+            left, right_ok = 0, int(self.sections[1].min()) >= 1
+        else:
+            return False
+        return right_ok and (self.acc_bound + bias_max) << left < 2**30
+
     def expr(self, q, acc, bias_offset: int, oc, extra=None) -> tirx.PrimExpr:
         """int8 output for the (int32 or uint32) accumulator `acc` of output channel `oc` (`q`: the table).
         `extra`: an int64 term (LoRA slots) added to acc + bias, saturated to int32, before requantization."""
@@ -160,15 +189,23 @@ class Requant:
         if extra is not None:
             total = i32(clamp(i64(total) + extra, -(2**31), _ACC_LIMIT))
         m = q[oc]
+        if extra is None and self.short_forms():
+            def high_mul(a):
+                return T.call_extern("int32", "edgec_dsp_srdhm30", a, m)
+            divide = rounding_divide_by_pot_bounded
+        else:
+            def high_mul(a):
+                return srdhm(a, m, b_never_min=self.never_min)
+            divide = rounding_divide_by_pot
         if self.uniform_shift is not None:
             s = self.uniform_shift
             left, right = max(s, 0), max(-s, 0)
             shifted = total if left == 0 else i32(i64(total) * (1 << left))
-            scaled = srdhm(shifted, m, b_never_min=self.never_min)
+            scaled = high_mul(shifted)
             if right:
-                scaled = rounding_divide_by_pot(scaled, right)
+                scaled = divide(scaled, right)
         elif self.right_only:
-            scaled = rounding_divide_by_pot(srdhm(total, m, b_never_min=self.never_min), q[self.oc + oc])
+            scaled = divide(high_mul(total), q[self.oc + oc])
         else:
             def general(sh):
                 shifted = i32(i64(total) * (tirx.const(1, "int64") << i64(tirx.max(sh, 0))))
@@ -706,6 +743,7 @@ def conv2d_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                     "of the groups")
     wsum = w.data.reshape(oc, -1).astype(np.int64).sum(1) if w.is_const else None
     rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb) = _conv_prepare(graph, op, x, y, kh, kw, oc, w, wsum)
+    rq.acc_bound = kh * kw * ic * 255 * 128  # |x - x_zp| <= 255, |w| <= 128
     a = op.attrs
     return rq, scales, (n, h, wd, c, oh, ow, oc, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
                         a["dilation_w"], pt, pl, c // ic, padded, xzp_in, x.zero_point, bi, bb)
@@ -732,6 +770,7 @@ def depthwise_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
                     f"with {y.shape[3]} channels", "filter (1, KH, KW, C * depth_multiplier) matching the output")
     wsum = w.data.reshape(-1, oc).astype(np.int64).sum(0) if w.is_const else None
     rq, scales, (oh, ow, pt, pl, padded, xzp_in, bi, bb) = _conv_prepare(graph, op, x, y, kh, kw, oc, w, wsum)
+    rq.acc_bound = kh * kw * 255 * 128
     a = op.attrs
     return rq, scales, (n, h, wd, c, oh, ow, kh, kw, a["stride_h"], a["stride_w"], a["dilation_h"],
                         a["dilation_w"], pt, pl, dm, padded, xzp_in, x.zero_point, bi, bb)
@@ -763,6 +802,7 @@ def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
         mult, shift = _multipliers([real] * oc)
         wzp = int(w.quant.zero_point[0])
     rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
+    rq.acc_bound = k * 255 * 255  # |x - x_zp|, |w - w_zp| <= 255
     # sum((x - xzp) * (w - wzp)) = sum(x * (w - wzp)) - xzp * sum(w - wzp)
     wsum = (w.data.astype(np.int64) - wzp).sum(1) if w.is_const else None
     xzp_in, bi, _ = _bias_sections(rq, _bias(graph, op, oc), wsum, x.zero_point, False)
