@@ -13,7 +13,7 @@ import tvm_ffi
 from edgec.errors import EdgecError
 from edgec.ir.graph import Graph
 from edgec.lower.kernel import Arg, LoweredOp
-from edgec.lower.ops import LOWERINGS, conv, lowering_for
+from edgec.lower.ops import LOWERINGS, MICRO_KERNEL_LOWERINGS, lowering_for
 from edgec.lower.ops.slots import SLOT_LOWERINGS, AdapterBanks
 from edgec.lower.tir_to_c import emit_c
 
@@ -58,7 +58,7 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
         if lower is None:
             raise EdgecError(f"{graph.source}: {op.describe()} has no lowering (supported: "
                              f"{', '.join(sorted(LOWERINGS))})")
-        if mk and op.type in conv.LOWERINGS and lower is conv.LOWERINGS[op.type]:  # int8 kernels only
+        if mk and lower is MICRO_KERNEL_LOWERINGS.get(op.type):  # int8 kernels only
             lowered.append(lower(graph, op, mk=mk))
         else:
             lowered.append(lower(graph, op))

@@ -8,6 +8,8 @@ from edgec.lower.ops import conv, extra, float_kernels, movement, nonlinear, npu
 # int8 (quantized) kernels, and QUANTIZE/DEQUANTIZE at float boundaries.
 LOWERINGS = {**conv.LOWERINGS, **pool_arith.LOWERINGS, **nonlinear.LOWERINGS, **movement.LOWERINGS,
              **extra.LOWERINGS, **npu.LOWERINGS}  # npu: ETHOSU (Vela's NPU partitions, NPU targets only)
+# The int8 lowerings that take `mk`, the micro-kernel family of a kernel variant other than portable.
+MICRO_KERNEL_LOWERINGS = {**conv.LOWERINGS, "ADD": pool_arith.lower_add, "SUB": pool_arith.lower_sub}
 # float32 kernels (--precision float32), chosen when every tensor of the op is float32.
 FLOAT_LOWERINGS = float_kernels.LOWERINGS
 

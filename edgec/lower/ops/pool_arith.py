@@ -203,7 +203,24 @@ def _add_sub_reals(s1: float, s2: float, so: float) -> list[float]:
             twice / ((1 << 20) * float(np.float32(so)))]
 
 
-def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
+def add_mve_func(size: int, za: int, zb: int, scales: list[tuple[int, int]], sub: bool, zy: int, lo: int,
+                 hi: int) -> tirx.PrimFunc:
+    """ADD / SUB of same-shape inputs through edgec_mve_add (runtime_c/kernels/edgec_mve.h), 4 lanes at a time;
+    `scales`: (multiplier, shift <= 0) of input 1, input 2 and the output."""
+    (m1, s1), (m2, s2), (mo, so) = scales
+
+    @T.prim_func(s_tir=True)
+    def add_mve(a_p: T.handle("int8"), b_p: T.handle("int8"), y_p: T.handle("int8")):
+        T.func_attr({"tirx.noalias": True})
+        a = T.decl_buffer((size,), "int8", data=a_p)
+        b = T.decl_buffer((size,), "int8", data=b_p)
+        y = T.decl_buffer((size,), "int8", data=y_p)
+        T.evaluate(T.call_extern("void", "edgec_mve_add", T.address_of(a[0]), T.address_of(b[0]),
+                                 T.address_of(y[0]), size, za, zb, m1, -s1, m2, -s2, int(sub), mo, -so, zy, lo, hi))
+    return add_mve
+
+
+def _lower_binary(graph: Graph, op: Op, kind: str, mk: str | None = None) -> LoweredOp:
     if len(op.inputs) != 2 or len(op.outputs) != 1:
         raise _fail(graph, op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs", "2 inputs, 1 output")
     _check_int8(graph, op, [op.inputs[0], op.inputs[1], op.outputs[0]])
@@ -247,8 +264,11 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
 
     if lo == hi or out_multiplier == 0:
         return _constant(op, y, min(max(zy, lo), hi))
-    # The int32 combine result goes through the kernel's one-element stage buffer (see broadcast_func).
-    func = broadcast_func(dims, a_full, b_full, lambda raw, xa, xb: requant(raw), stage_fn=combine)
+    if mk == "mve" and kind != "mul" and all(a_full) and all(b_full):  # no broadcast: one vector loop
+        func = add_mve_func(y.size, za, zb, [(m1, s1), (m2, s2), (mo, so)], kind == "sub", zy, lo, hi)
+    else:
+        # The int32 combine result goes through the kernel's one-element stage buffer (see broadcast_func).
+        func = broadcast_func(dims, a_full, b_full, lambda raw, xa, xb: requant(raw), stage_fn=combine)
     # An input laid out exactly like the output is read at element i just before i is written.
     rank = len(y.shape)
     inplace = []
@@ -260,12 +280,13 @@ def _lower_binary(graph: Graph, op: Op, kind: str) -> LoweredOp:
     return LoweredOp(op, func, args, kind=kind, inplace=inplace)
 
 
-def lower_add(graph: Graph, op: Op) -> LoweredOp:
-    return _lower_binary(graph, op, "add")
+def lower_add(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
+    """`mk`: the micro-kernel family of the kernel variant ("mve": edgec_mve_add for same-shape inputs)."""
+    return _lower_binary(graph, op, "add", mk)
 
 
-def lower_sub(graph: Graph, op: Op) -> LoweredOp:
-    return _lower_binary(graph, op, "sub")
+def lower_sub(graph: Graph, op: Op, mk: str | None = None) -> LoweredOp:
+    return _lower_binary(graph, op, "sub", mk)
 
 
 def lower_mul(graph: Graph, op: Op) -> LoweredOp:
