@@ -57,23 +57,28 @@ class ModelBuilder:
         return write_tflite(self.tensors, self.ops, self.inputs, self.outputs)
 
 
-def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]], **build_options) -> list[list[np.ndarray]]:
+UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
+
+
+def compile_run_host(model: bytes, input_sets: list[list[np.ndarray]], cflags: list[str] | None = None,
+                     **build_options) -> list[list[np.ndarray]]:
     """Build `model` with edgec for the host (`build_options` as for `edgec.pipeline.build`, e.g.
-    precision="float32"), compile it with gcc and run every input set."""
+    precision="float32"), compile it with gcc (extra `cflags`, e.g. UBSAN) and run every input set."""
     with tempfile.TemporaryDirectory(prefix="edgec_test_") as tmp:
         model_path = Path(tmp) / "model.tflite"
         model_path.write_bytes(model)
         report = build(model_path, "host", Path(tmp) / "out", **build_options)
-        exe = build_host(Path(tmp) / "out", Path(tmp) / "work")
+        exe = build_host(Path(tmp) / "out", Path(tmp) / "work", extra_cflags=cflags or ())
         specs = [(tuple(o["shape"]), o["dtype"]) for o in report["outputs"]]
         return run_host(exe, input_sets, specs)
 
 
 def assert_matches_tflm(model: bytes, n_inputs: int = 10, seed: int = 0,
-                        input_sets: list[list[np.ndarray]] | None = None) -> None:
-    """Bit-exact comparison of edgec (host build) with the TFLite Micro interpreter."""
+                        input_sets: list[list[np.ndarray]] | None = None, **host_options) -> None:
+    """Bit-exact comparison of edgec (host build; `host_options` as for compile_run_host) with the TFLite Micro
+    interpreter."""
     sets = input_sets if input_sets is not None else random_inputs(model, n_inputs, seed)
-    got = compile_run_host(model, sets)
+    got = compile_run_host(model, sets, **host_options)
     want = run_tflm_batch(model, sets)
     for r, (g_rec, w_rec) in enumerate(zip(got, want)):
         for o, (g, w) in enumerate(zip(g_rec, w_rec)):

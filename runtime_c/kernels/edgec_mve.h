@@ -192,7 +192,7 @@ static inline void edgec_mve_rq4(const int32_t *acc, const int32_t *mult, const 
         const int32_t s = mode == 0 ? shift_const : (mode == 1 ? -shift[i] : shift[i]);
         const int32_t total = edgec_mve_wrap_add(acc[i], bias[i]);
         const int32_t shifted = (int32_t)((uint32_t)total << (s > 0 ? s : 0));
-        int32_t v = edgec_mve_rdpot(edgec_mve_srdhm(shifted, mult[i]), s < 0 ? -s : 0) + yzp;
+        int32_t v = edgec_mve_wrap_add(edgec_mve_rdpot(edgec_mve_srdhm(shifted, mult[i]), s < 0 ? -s : 0), yzp);
         v = v < lo ? lo : (v > hi ? hi : v);
         y[i] = (int8_t)v;
     }

@@ -16,6 +16,14 @@ static inline int32_t edgec_rv32_sat8(int32_t v)
     return v < -128 ? -128 : (v > 127 ? 127 : v);
 }
 
+/* TFLite's SaturatingRoundingDoublingHighMul(a, b) for |a| < 2^30 (the compiler proves it): floor((2ab + 2^31) /
+ * 2^32) is the high word of 2ab (MULH) plus the top bit of its low word (MUL), no 64-bit carry chain. */
+static inline int32_t edgec_rv32_srdhm30(int32_t a, int32_t b)
+{
+    const int64_t p = (int64_t)(a * 2) * b;
+    return (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
+}
+
 /* acc[i] += sum_{j < n} x[j] * w[i * stride + j] for the 4 weight rows i = 0..3. */
 static inline void edgec_rv32_dot4(const int8_t *x, const int8_t *w, int32_t stride, int32_t n, int32_t *acc)
 {

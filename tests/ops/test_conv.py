@@ -14,7 +14,7 @@ from edgec.frontends.tflite_reader import parse_tflite
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.lower.ops.conv import LOWERINGS
 from edgec.oracle.tflm import run_tflm_batch
-from support import ModelBuilder, assert_matches_tflm, compile_run_host, random_inputs
+from support import UBSAN, ModelBuilder, assert_matches_tflm, compile_run_host, random_inputs
 
 ACTIVATIONS = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
 
@@ -54,7 +54,8 @@ def add_conv(mb: ModelBuilder, rng: np.random.Generator, *, n: int = 1, h: int =
              padding: str = "SAME", act: str = "NONE", per_channel: bool = True, bias: bool = True,
              spread: float = 3.0, gain: float = 1.0, groups: int = 1, x_q: tuple[float, int] | None = None,
              y_q: tuple[float, int] | None = None, mults: list[float] | None = None,
-             bias_values: np.ndarray | None = None, w_zp: int = 0) -> None:
+             bias_values: np.ndarray | None = None, w_zp: int = 0, weights: np.ndarray | None = None) -> None:
+    """weights: int8 values (oc, kh, kw, c // groups) in place of random ones (the rng stream is the same)."""
     xs, xz = x_q or _xq(rng)
     ys, yz = y_q or _xq(rng)
     ic = c // groups
@@ -63,6 +64,8 @@ def add_conv(mb: ModelBuilder, rng: np.random.Generator, *, n: int = 1, h: int =
     oh, ow = _out_size(h, kh, sh, dh, padding), _out_size(w, kw, sw, dw, padding)
     xi = mb.add(WTensor("x", (n, h, w, c), "int8", scale=[xs], zero_point=[xz]))
     wt = rng.integers(-127, 128, (oc, kh, kw, ic)).astype(np.int8)
+    if weights is not None:
+        wt = np.asarray(weights, np.int8).reshape(wt.shape)
     wi = mb.add(WTensor("w", wt.shape, "int8", data=wt, scale=scales, zero_point=[w_zp] * len(scales)))
     b = _bias(rng, oc, k, xs, scales)
     if bias_values is not None:
@@ -79,9 +82,12 @@ def add_depthwise(mb: ModelBuilder, rng: np.random.Generator, *, n: int = 1, h: 
                   padding: str = "SAME", act: str = "NONE", per_channel: bool = True, bias: bool = True,
                   spread: float = 3.0, gain: float = 1.0, x_q: tuple[float, int] | None = None,
                   y_q: tuple[float, int] | None = None, zero_bias: bool = False,
-                  mults: list[float] | None = None, w_zp: int = 0) -> None:
+                  mults: list[float] | None = None, w_zp: int = 0, weights: np.ndarray | None = None,
+                  bias_values: np.ndarray | None = None) -> None:
     """zero_bias: a bias tensor of zeros, which TFLM must use in place of no bias: its depthwise Prepare
-    crashes without one (DeallocateTempTfLiteTensor(nullptr) in CalculateOpDataDepthwiseConv)."""
+    crashes without one (DeallocateTempTfLiteTensor(nullptr) in CalculateOpDataDepthwiseConv).
+    weights (int8, (1, kh, kw, c * dm)) and bias_values (int32, (c * dm,)) replace the random ones (the rng
+    stream is the same)."""
     xs, xz = x_q or _xq(rng)
     ys, yz = y_q or _xq(rng)
     oc = c * dm
@@ -89,9 +95,13 @@ def add_depthwise(mb: ModelBuilder, rng: np.random.Generator, *, n: int = 1, h: 
     oh, ow = _out_size(h, kh, sh, dh, padding), _out_size(w, kw, sw, dw, padding)
     xi = mb.add(WTensor("x", (n, h, w, c), "int8", scale=[xs], zero_point=[xz]))
     wt = rng.integers(-127, 128, (1, kh, kw, oc)).astype(np.int8)
+    if weights is not None:
+        wt = np.asarray(weights, np.int8).reshape(wt.shape)
     wi = mb.add(WTensor("w", wt.shape, "int8", data=wt, scale=scales, zero_point=[w_zp] * len(scales),
                         quantized_dimension=3))
     b = _bias(rng, oc, kh * kw, xs, scales, zero=zero_bias)  # drawn either way: same rng stream
+    if bias_values is not None:
+        b.data = np.asarray(bias_values, np.int32)
     bi = mb.add(b) if bias or zero_bias else -1
     yi = mb.add(WTensor("y", (n, oh, ow, oc), "int8", scale=[ys], zero_point=[yz]))
     mb.op("DEPTHWISE_CONV_2D", [xi, wi, bi], yi, {
@@ -361,3 +371,44 @@ def test_unsupported_raises(case, tensors, op, ins, options, graph_inputs, messa
     text = str(info.value)
     assert text.startswith(f"m.tflite: op #0 {op} ('y'): "), text
     assert message in text and "supported:" in text, text
+
+
+def test_fc_per_tensor_multiplier_is_a_double_product() -> None:
+    """Per-tensor FULLY_CONNECTED: TFLite Micro's GetQuantizedConvolutionMultipler multiplies the scales in double.
+    Scales whose float32 product gives another multiplier (1503238532 vs 1503238557): every int8 input, ties at
+    x = +-5, +-15, ... tell them apart."""
+    sx, sw, sy = (float(np.uint32(b).view(np.float32)) for b in (1048743861, 1012018470, 999891277))
+    t = [WTensor("x", (256, 1), "int8", scale=[sx], zero_point=[0]),
+         WTensor("w", (1, 1), "int8", data=np.array([[1]], np.int8), scale=[sw], zero_point=[0]),
+         WTensor("y", (256, 1), "int8", scale=[sy], zero_point=[0])]
+    model = write_tflite(t, [WOp("FULLY_CONNECTED", [0, 1, -1], [2], {"fused_activation_function": "NONE"})],
+                         [0], [2])
+    assert_matches_tflm(model, input_sets=[[np.arange(-128, 128, dtype=np.int8).reshape(256, 1)]])
+
+
+@pytest.mark.parametrize("kernels", ["portable", "dsp", "mve", "rv32"])
+def test_requantized_value_plus_output_zero_point_wraps(kernels: str) -> None:
+    """A multiplier of 2^31 - 1 and a bias near INT32_MAX put the requantized value within y_zp of INT32_MAX: the
+    sum with y_zp wraps like TFLM's int32 sum (giving -128), without undefined behaviour (UBSan)."""
+    f32 = lambda v: float(np.float32(v))
+    sx, sw, sy = f32(1 + 256 * 2**-23), f32(1 - 128 * 2**-23), f32(1 + 128 * 2**-23)
+    shape = (1, 16, 16, 1)
+    t = [WTensor("x", shape, "int8", scale=[sx], zero_point=[-128]),
+         WTensor("w", (1, 1, 1, 1), "int8", data=np.ones((1, 1, 1, 1), np.int8), scale=[sw], zero_point=[0]),
+         WTensor("b", (1,), "int32", data=np.array([2**31 - 51], np.int32), scale=[sx * sw], zero_point=[0]),
+         WTensor("y", shape, "int8", scale=[sy], zero_point=[100])]
+    model = write_tflite(t, [WOp("CONV_2D", [0, 1, 2], [3], {
+        "padding": "VALID", "stride_h": 1, "stride_w": 1, "dilation_h_factor": 1, "dilation_w_factor": 1,
+        "fused_activation_function": "NONE"})], [0], [3])
+    x = np.arange(-128, 128, dtype=np.int8).reshape(shape)
+    assert_matches_tflm(model, input_sets=[[x]], kernels=kernels, cflags=UBSAN)
+
+
+def test_uint32_accumulators_with_micro_kernels() -> None:
+    """More than 65793 taps need uint32 accumulators: every micro-kernel variant keeps the scalar requantization
+    for them (the mve block requantization takes int32 sums) and matches TFLM."""
+    mb = ModelBuilder()
+    add_fc(mb, np.random.default_rng(0), in_shape=(1, 66000), oc=4)
+    model = mb.build()
+    for kernels in ("dsp", "mve", "rv32"):
+        assert_matches_tflm(model, n_inputs=2, kernels=kernels)

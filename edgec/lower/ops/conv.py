@@ -16,9 +16,8 @@ Reference semantics (TFLite Micro, double rounding):
 Prepare-time constants (conv_common.cc / depthwise_conv_common.cc CalculateOpData* ->
 kernel_util.cc PopulateConvolutionQuantizationParams; fully_connected_common.cc
 CalculateOpDataFullyConnected):
-- conv, depthwise and per-channel FC: real = double(s_x) * double(s_w[c]) / double(s_y);
-- per-tensor FC (GetQuantizedConvolutionMultipler): real = double(float(s_x * s_w)) / double(s_y),
-  i.e. the product is rounded to float32 first. Both then go through QuantizeMultiplier.
+- conv, depthwise and FC (per channel, and per tensor through GetQuantizedConvolutionMultipler):
+  real = double(s_x) * double(s_w[c]) / double(s_y), then QuantizeMultiplier.
 - padding: ComputePaddingHeightWidth (padding before = total // 2, output size from the padding type).
 
 Equivalent rewrites used for speed (exact modulo 2^32, which is what TFLM's int32 accumulation gives):
@@ -145,8 +144,8 @@ class Requant:
         # Micro-kernel family of the kernel variant (None: portable C): saturate with edgec_<family>_sat8
         # (one SSAT); "mve" requantizes blocks of 4 channels with edgec_mve_rq4 (store4).
         self.micro: str | None = None
-        # The largest |sum of products| before the bias (set by the lowering): with it, "dsp" proves the
-        # operands small enough for SMMULR and a short rounding shift (short_forms).
+        # The largest |sum of products| before the bias (set by the lowering): with it, dsp and rv32 prove the
+        # operands small enough for a one-word doubling high multiply and a short rounding shift (short_forms).
         self.acc_bound: int | None = None
         if self.uniform_shift is None:
             self.sections.append(-shift if self.right_only else shift)
@@ -167,8 +166,8 @@ class Requant:
         """Whether every channel's acc + bias, shifted left, stays below 2^30 in magnitude and every right shift
         is at least 1: then SaturatingRoundingDoublingHighMul(a, m) is SMMULR(2a, m) (edgec_dsp_srdhm30), its
         result is below 2^30 and RoundingDivideByPOT has the short exact form (rounding_divide_by_pot_bounded).
-        Only for the dsp micro-kernels (SMMULR)."""
-        if self.micro != "dsp" or self.acc_bound is None:
+        For the dsp (SMMULR) and rv32 (MULH + MUL) micro-kernels: edgec_<mk>_srdhm30."""
+        if self.micro not in ("dsp", "rv32") or self.acc_bound is None:
             return False
         first_bias = 1 if self.uniform_shift is not None else 2
         bias_max = max((int(np.abs(sec).max()) for sec in self.sections[first_bias:]), default=0)
@@ -191,7 +190,7 @@ class Requant:
         m = q[oc]
         if extra is None and self.short_forms():
             def high_mul(a):
-                return T.call_extern("int32", "edgec_dsp_srdhm30", a, m)
+                return T.call_extern("int32", f"edgec_{self.micro}_srdhm30", a, m)
             divide = rounding_divide_by_pot_bounded
         else:
             def high_mul(a):
@@ -211,10 +210,13 @@ class Requant:
                 shifted = i32(i64(total) * (tirx.const(1, "int64") << i64(tirx.max(sh, 0))))
                 return rounding_divide_by_pot(srdhm(shifted, m, b_never_min=self.never_min), tirx.max(-sh, 0))
             scaled = let(q[self.oc + oc], general, "shift")
+        # + y_zp wraps like TFLM's int32 sum (a result near INT32_MAX is possible with a multiplier near 1).
+        # Through int64: TVM 0.27's simplifier assumes uint32 sums do not wrap and would drop the clamp.
+        biased = i32(i64(scaled) + self.yzp)
         if self.micro:  # SSAT to int8, then the rest of the activation range
-            sat = T.call_extern("int32", f"edgec_{self.micro}_sat8", scaled + self.yzp)
+            sat = T.call_extern("int32", f"edgec_{self.micro}_sat8", biased)
             return T.Cast("int8", sat if self.lo == -128 and self.hi == 127 else clamp(sat, self.lo, self.hi))
-        return T.Cast("int8", clamp(scaled + self.yzp, self.lo, self.hi))
+        return T.Cast("int8", clamp(biased, self.lo, self.hi))
 
     @property
     def vector(self) -> bool:
@@ -338,7 +340,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                     acc[i] = mac(acc[i], T.Cast("int32", x[((n * H + oh * SH - PT + kh * DH) * W
                                                                           + ow * SW - PL) * C + j]) - XZP_IN,
                                         T.Cast("int32", w[((ocb * OB + i) * KH + kh) * ROW + j]))
-                    if rq.vector and d is None:
+                    if rq.vector and ACC == "int32" and d is None:
                         T.evaluate(rq.store4(q, acc, BI, ocb * OB,
                                              T.address_of(y[((n * OH + oh) * OW + ow) * OC + ocb * OB])))
                     else:
@@ -645,7 +647,7 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool
                     for i in T.unroll(OB):
                         acc[i] = mac(acc[i], T.Cast("int32", x[b * K + k]) - XZP_IN,
                             (T.Cast("int32", w[(ocb * OB + i) * K + k]) - WZP))
-            if rq.vector and d is None:
+            if rq.vector and ACC == "int32" and d is None:
                 T.evaluate(rq.store4(q, acc, BI, ocb * OB, T.address_of(y[b * OC + ocb * OB])))
             else:
                 for i in T.unroll(OB):
@@ -797,8 +799,9 @@ def fc_setup(graph: Graph, op: Op) -> tuple[Requant, np.ndarray, tuple]:
         mult, shift = conv_multipliers(x, scales, y, oc)
         wzp = 0
     else:
-        # GetQuantizedConvolutionMultipler: the scale product is a float32 product.
-        real = float(np.float32(x.scale) * np.float32(scales[0])) / float(np.float32(y.scale))
+        # GetQuantizedConvolutionMultipler: double(s_x) * double(s_w) / double(s_y), as TFLite Micro computes it
+        # (older TFLite rounded the product to float32 first; the tflite-micro oracle does not).
+        real = float(np.float32(x.scale)) * float(np.float32(scales[0])) / float(np.float32(y.scale))
         mult, shift = _multipliers([real] * oc)
         wzp = int(w.quant.zero_point[0])
     rq = Requant(mult, shift, y.zero_point, *activation_range(op.attrs["activation"], y))
