@@ -197,7 +197,9 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
 def format_table(result: dict) -> str:
     head = (f"{'model':<24} {'arena B':>9} {'TFLM min B':>11} {'lower bd B':>11} {'flash B':>9} "
             f"{'instr/inference':>16} {'portable':>12} {'TFLM+CMSIS':>11} {'build s':>8}")
-    lines = [f"target {result['target']} ({result['counting']})", head, "-" * len(head)]
+    variants = "/".join(sorted({r["kernels"] for r in result["models"]}))
+    title = f"target {result['target']}" + (f", {variants} kernels" if variants else "")
+    lines = [f"{title} ({result['counting']})", head, "-" * len(head)]
     for r in result["models"]:
         cmsis = f"{r['tflm_cmsis_nn_instructions']:,}" if "tflm_cmsis_nn_instructions" in r else "-"
         lines.append(f"{r['model']:<24} {r['arena_bytes']:>9,} {r['tflm_min_arena_bytes']:>11,} "

@@ -100,7 +100,8 @@ def model_options(func):
                           "TFLite base models)."),
         click.option("--slots", "n_slots", type=click.IntRange(1, 32), default=None,
                      help="slots mode: number of adapter slots [default: the number of --adapter]."),
-        click.option("--kernels", type=click.Choice(["portable", "dsp", "mve", "rv32"]), default=None,  # lower.KERNEL_VARIANTS
+        # edgec.lower.KERNEL_VARIANTS (not imported here: it loads TVM)
+        click.option("--kernels", type=click.Choice(["portable", "dsp", "mve", "rv32"]), default=None,
                      help="Kernel variant [default: the target's kernel_variant]: portable C, or micro-kernels "
                           "bit-exact with it: dsp (Arm DSP extension), mve (Arm Helium), rv32 (RISC-V)."),
     ]):

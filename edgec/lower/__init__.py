@@ -32,9 +32,9 @@ class LoweredModel:
     npu_kernels: bool = False  # kernels_c calls edgec_npu_invoke (runtime_c/npu/edgec_npu.h): Ethos-U targets
 
 
-# "portable": plain C everywhere. The others send the int8 sums of CONV_2D, DEPTHWISE_CONV_2D and
-# FULLY_CONNECTED through the micro-kernels of runtime_c/kernels/edgec_<variant>.h, bit-exact with portable:
-# "dsp" Arm DSP extension (SMLAD), "mve" Arm Helium, "rv32" register-blocked plain C for RISC-V.
+# "portable": plain C everywhere. The others send the int8 work of the MICRO_KERNEL_LOWERINGS ops through the
+# micro-kernels of runtime_c/kernels/edgec_<variant>.h, bit-exact with portable: "dsp" Arm DSP extension
+# (SMLAD), "mve" Arm Helium, "rv32" register-blocked plain C for RISC-V (docs/targets.md).
 KERNEL_VARIANTS = ("portable", "dsp", "mve", "rv32")
 
 

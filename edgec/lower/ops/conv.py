@@ -297,18 +297,18 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
     ROW = KW * IC if DW == 1 and G == 1 else 0
     UNROLL_ROW = 0 < ROW <= _UNROLL_TAPS
     OB = _OC_BLOCK
-    DSP = mk is not None and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
-    # 1x1, stride 1, unpadded: a matrix product in blocks of pixels by channels: Arm DSP 2 x 2 with an int16
+    MICRO = mk is not None and ROW > 0 and ACC == "int32" and XZP_IN == 0 and OB == 4
+    # 1x1, stride 1, unpadded: a matrix product in blocks of pixels by channels: Arm MICRO 2 x 2 with an int16
     # scratch argument (conv2d_pointwise: SMLAD needs halfword pairs), RV32 4 x 4 (conv2d_pointwise_rv32). MVE's
     # row products (VMLADAVA over 16 bytes) gain nothing from it.
-    POINTWISE = (DSP and mk in ("dsp", "rv32") and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED
+    POINTWISE = (MICRO and mk in ("dsp", "rv32") and KH == 1 and KW == 1 and SH == 1 and SW == 1 and not PADDED
                  and (H, W) == (OH, OW) and C >= 4)
     # With micro-kernels, windows can be gathered into an int8 scratch (out-of-image taps as the input zero
     # point, which the folded bias cancels) and summed as one row of KH * ROW bytes: every window when rows are
     # short (a first layer's few input channels; 16 or more output channels share the gather), else, with SIMD
     # micro-kernels, the border windows, which would otherwise take the scalar path.
-    GATHER_ALL = DSP and ROW < 16 and KH > 1 and OC >= 16
-    GATHER = not pixel_macro and not POINTWISE and (GATHER_ALL or (DSP and PADDED and mk in ("dsp", "mve")))
+    GATHER_ALL = MICRO and ROW < 16 and KH > 1 and OC >= 16
+    GATHER = not pixel_macro and not POINTWISE and (GATHER_ALL or (MICRO and PADDED and mk in ("dsp", "mve")))
     WIN = KH * ROW
     P = N * OH * OW
     C4 = C // 4 * 4
@@ -324,7 +324,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                     for i in T.unroll(OB):
                         acc[i] = 0
                     for kh in range(KH):
-                        if DSP:
+                        if MICRO:
                             T.evaluate(T.call_extern("void", f"edgec_{mk}_dot4", T.address_of(
                                 x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
                                 T.address_of(w[(ocb * OB * KH + kh) * ROW]), KH * ROW, ROW, T.address_of(acc[0])))
@@ -349,7 +349,7 @@ def conv2d_func(N, H, W, C, OH, OW, OC, KH, KW, SH, SW, DH, DW, PT, PL, G, PADDE
                                 q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
                 for t in range(OC % OB):
                     acc[0] = 0
-                    if DSP:
+                    if MICRO:
                         for kh in range(KH):
                             acc[0] = acc[0] + T.call_extern("int32", f"edgec_{mk}_dot1", T.address_of(
                                 x[((n * H + oh * SH - PT + kh * DH) * W + ow * SW - PL) * C]),
@@ -537,26 +537,23 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
     OC = C * DM
     UNROLL = KH * KW <= _UNROLL_TAPS
     ACC = acc_dtype(KH * KW)
-    DSP = mk is not None and DM == 1 and DH == 1 and DW == 1 and ACC == "int32" and C >= 4
-    C0 = C // 4 * 4 if DSP else 0  # channels below C0 go through the micro-kernel
+    MICRO = mk is not None and DM == 1 and DH == 1 and DW == 1 and ACC == "int32" and C >= 4
+    C0 = C // 4 * 4 if MICRO else 0  # channels below C0 go through the micro-kernel
 
     @T.macro
-    def dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section):
+    def micro_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section):
         for i in T.unroll(4):
             acc[i] = 0
         T.evaluate(T.call_extern("void", f"edgec_{mk}_dw4", T.address_of(
             x[((n * H + oh * SH - PT + kh0) * W + ow * SW - PL + kw0) * C + cb * 4]), W * C, C,
             T.address_of(w[(kh0 * KW + kw0) * OC + cb * 4]), KW * OC, OC, kh1 - kh0, kw1 - kw0, zp,
             T.address_of(acc[0])))
-        if rq.vector and d is None:
-            T.evaluate(rq.store4(q, acc, section, cb * 4, T.address_of(y[((n * OH + oh) * OW + ow) * OC + cb * 4])))
-        else:
-            for i in T.unroll(4):
-                y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
-                                                                         extra=_at(d, cb * 4 + i))
+        for i in T.unroll(4):
+            y[((n * OH + oh) * OW + ow) * OC + cb * 4 + i] = rq.expr(q, acc[i], section, cb * 4 + i,
+                                                                     extra=_at(d, cb * 4 + i))
 
     @T.macro
-    def dsp_blocks(x, w, q, y, acc, n, oh, ow, d, kh0, kh1, kw0, kw1, zp, section):
+    def micro_blocks(x, w, q, y, acc, n, oh, ow, d, kh0, kh1, kw0, kw1, zp, section):
         if rq.vector and d is None:  # MVE: all blocks and their requantization in one call
             T.evaluate(T.call_extern("void", "edgec_mve_dw_rq", T.address_of(
                 x[((n * H + oh * SH - PT + kh0) * W + ow * SW - PL + kw0) * C]), W * C, C,
@@ -564,15 +561,15 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                 *rq.vector_args(q, section, 0), T.address_of(y[((n * OH + oh) * OW + ow) * OC])))
         else:
             for cb in range(C0 // 4):
-                dsp_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section)
+                micro_block(x, w, q, y, acc, n, oh, ow, d, cb, kh0, kh1, kw0, kw1, zp, section)
 
     # One output pixel (all channels); the LoRA slots kernel reuses it.
     @T.macro
     def pixel(x, w, q, y, acc, n, oh, ow, d):
         if not PADDED or (oh * SH >= PT and oh * SH - PT + (KH - 1) * DH < H
                           and ow * SW >= PL and ow * SW - PL + (KW - 1) * DW < W):
-            if DSP:
-                dsp_blocks(x, w, q, y, acc, n, oh, ow, d, 0, KH, 0, KW, XZP_IN, BI)
+            if MICRO:
+                micro_blocks(x, w, q, y, acc, n, oh, ow, d, 0, KH, 0, KW, XZP_IN, BI)
             if C0 < C:  # channels outside the micro-kernel blocks
                 for c, m in T.grid(C - C0, DM):
                     acc[0] = 0
@@ -590,8 +587,8 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
                     y[((n * OH + oh) * OW + ow) * OC + (C0 + c) * DM + m] = rq.expr(q, acc[0], BI, (C0 + c) * DM + m,
                                                                               extra=_at(d, (C0 + c) * DM + m))
         else:
-            if DSP:
-                dsp_blocks(x, w, q, y, acc, n, oh, ow, d, T.max(PT - oh * SH, 0), T.min(H + PT - oh * SH, KH),
+            if MICRO:
+                micro_blocks(x, w, q, y, acc, n, oh, ow, d, T.max(PT - oh * SH, 0), T.min(H + PT - oh * SH, KH),
                            T.max(PL - ow * SW, 0), T.min(W + PL - ow * SW, KW), XZP, BB)
             if C0 < C:  # channels outside the micro-kernel blocks
                 for c, m in T.grid(C - C0, DM):
@@ -616,11 +613,11 @@ def depthwise_func(N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, DM, PADDE
         w = T.decl_buffer((KH * KW * OC,), "int8", data=w_p)
         q = T.decl_buffer((rq.size,), "int32", data=q_p)
         y = T.decl_buffer((N * OH * OW * OC,), "int8", data=y_p)
-        if rq.vector and DSP and C0 == C:  # no accumulator array: edgec_mve_dw_rq keeps the sums
+        if rq.vector and MICRO and C0 == C:  # no accumulator array: edgec_mve_dw_rq keeps the sums
             for n, oh, ow in T.grid(N, OH, OW):
                 pixel(x, w, q, y, None, n, oh, ow, None)
         else:
-            acc = T.sblock_alloc_buffer((4 if DSP else 1,), ACC)
+            acc = T.sblock_alloc_buffer((4 if MICRO else 1,), ACC)
             for n, oh, ow in T.grid(N, OH, OW):
                 pixel(x, w, q, y, acc, n, oh, ow, None)
     return depthwise
@@ -632,14 +629,14 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool
     conv2d_func). `mk`: the sums go through that micro-kernel family (as in conv2d_func)."""
     OB = _OC_BLOCK
     ACC = acc_dtype(K)
-    DSP = mk is not None and ACC == "int32" and XZP_IN == 0 and WZP == 0 and OB == 4
+    MICRO = mk is not None and ACC == "int32" and XZP_IN == 0 and WZP == 0 and OB == 4
 
     @T.macro
     def row(x, w, q, y, acc, b, d):
         for ocb in range(OC // OB):
             for i in T.unroll(OB):
                 acc[i] = 0
-            if DSP:
+            if MICRO:
                 T.evaluate(T.call_extern("void", f"edgec_{mk}_dot4", T.address_of(x[b * K]),
                                          T.address_of(w[ocb * OB * K]), K, K, T.address_of(acc[0])))
             else:
@@ -654,7 +651,7 @@ def fully_connected_func(B, K, OC, XZP_IN, WZP, BI, rq: Requant, row_macro: bool
                     y[b * OC + ocb * OB + i] = rq.expr(q, acc[i], BI, ocb * OB + i, extra=_at(d, ocb * OB + i))
         for t in range(OC % OB):
             acc[0] = 0
-            if DSP:
+            if MICRO:
                 acc[0] = T.call_extern("int32", f"edgec_{mk}_dot1", T.address_of(x[b * K]),
                                        T.address_of(w[(OC - OC % OB + t) * K]), K)
             else:
