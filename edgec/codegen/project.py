@@ -226,8 +226,7 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray]
             by_content[key] = name
         return by_content[key]
 
-    calls = []
-    for step, (lo, kernel) in enumerate(zip(model.ops, model.kernel_of_op)):
+    def call_args(lo, step: int) -> list[str]:
         args = []
         scratch_cursor = plan.scratch_offset.get(step, 0)
         for a in lo.args:
@@ -247,8 +246,14 @@ def _arrays_and_calls(model: LoweredModel, plan: Plan) -> tuple[list[ConstArray]
             else:
                 args.append(f"(void *)(edgec_arena + {scratch_cursor}u)")
                 scratch_cursor += a.scratch_bytes
+        return args
+
+    calls = []
+    idle_kernels = model.idle_kernel_of_op or [None] * len(model.ops)
+    for step, (lo, kernel, idle_kernel) in enumerate(zip(model.ops, model.kernel_of_op, idle_kernels)):
         calls.append({"index": lo.op.index, "type": lo.op.type, "name": lo.op.name.replace("*/", "* /"),
-                      "kernel": kernel, "args": args})
+                      "kernel": kernel, "args": call_args(lo, step), "idle_kernel": idle_kernel,
+                      "idle_args": call_args(lo.idle, step) if idle_kernel else None})
     return arrays, calls, const_symbol
 
 

@@ -30,6 +30,7 @@ class LoweredModel:
     adapter_banks: AdapterBanks | None = None  # LoRA slots mode: every slot's table image
     micro_kernels: str | None = None  # the runtime_c/kernels/ header kernels_c calls (edgec_dsp.h, ...)
     npu_kernels: bool = False  # kernels_c calls edgec_npu_invoke (runtime_c/npu/edgec_npu.h): Ethos-U targets
+    idle_kernel_of_op: list[str | None] | None = None  # C symbol of each op's LoweredOp.idle kernel, or None
 
 
 # "portable": plain C everywhere. The others send the int8 work of the MICRO_KERNEL_LOWERINGS ops through the
@@ -67,11 +68,10 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
     readonly: dict[str, list[str]] = {}
     params: dict[str, list[str]] = {}
     by_hash: dict[int, list[str]] = {}
-    kernel_of_op: list[str | None] = []
-    for lo in lowered:
+
+    def kernel_name(lo: LoweredOp) -> str | None:
         if lo.func is None:
-            kernel_of_op.append(None)
-            continue
+            return None
         h = tvm_ffi.structural_hash(lo.func)
         name = next((n for n in by_hash.get(h, []) if tvm_ffi.structural_equal(funcs[n], lo.func)), None)
         if name is None:
@@ -83,7 +83,11 @@ def lower_graph(graph: Graph, slots: dict[int, list] | None = None, variant: str
             params[name] = names
             readonly[name] = [p for p, a in zip(names, lo.args) if a.readonly]
             by_hash.setdefault(h, []).append(name)
-        kernel_of_op.append(name)
+        return name
+
+    kernel_of_op = [kernel_name(lo) for lo in lowered]
+    idle_kernel_of_op = [kernel_name(lo.idle) if lo.idle is not None else None for lo in lowered]
     kernels_c = emit_c(funcs, readonly) if funcs else ""
     header = f"edgec_{mk}.h" if mk and f"edgec_{mk}_" in kernels_c else None
-    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, header, "edgec_npu_invoke" in kernels_c)
+    return LoweredModel(graph, lowered, kernel_of_op, params, kernels_c, banks, header, "edgec_npu_invoke" in kernels_c,
+                        idle_kernel_of_op)

@@ -67,3 +67,5 @@ class LoweredOp:
     alias: bool = False
     inplace: list[tuple[int, int]] = field(default_factory=list)
     kind: str = ""  # short kernel family name used in the C symbol, e.g. "conv2d"
+    # LoRA slots mode: the same op without adapters (the plain kernel), run instead while no slot is active.
+    idle: LoweredOp | None = None

@@ -65,7 +65,8 @@ def plan_memory(graph: Graph, lowered: list[LoweredOp], fixed: dict[int, int] | 
                                       pinned=True))
             continue
 
-        nbytes = sum(a.scratch_bytes for a in lo.args if a.kind == "scratch")
+        # A slots op runs either its slot kernel or its idle kernel: the larger scratch serves both.
+        nbytes = max(sum(a.scratch_bytes for a in alt.args if a.kind == "scratch") for alt in (lo, lo.idle) if alt)
         if nbytes:
             scratch.append(Buffer(f"scratch:{step}", nbytes, step, step, align=SCRATCH_ALIGN))
     # The bound counts every tensor on its own (aliases are one tensor): in-place reuse can beat it.

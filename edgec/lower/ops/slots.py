@@ -190,7 +190,7 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: Adap
                                 mk: str | None = None) -> LoweredOp:
     """FULLY_CONNECTED with LoRA adapter slots (`factors`: per slot float (A [r, K], B [OC, r]) or None); the
     slot tables go to `banks`."""
-    base = lower_fully_connected(graph, op)
+    base = lower_fully_connected(graph, op, mk=mk)
     if base.kind == "fill":
         return base  # the output is one value whatever the adapters do
     rq, scales, params = fc_setup(graph, op)
@@ -211,14 +211,14 @@ def lower_fully_connected_slots(graph: Graph, op: Op, factors: list, banks: Adap
                          window_sums_func(1, 1, k, 1, 1, 1, 1, 1, 1, 0, 0, graph.t(op.inputs[0]).zero_point, s,
                                           rank, a_off), base_row,
                          slot_deltas_func(s, rank, oc, b_off, m_off))
-    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="fully_connected_slots")
+    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="fully_connected_slots", idle=base)
 
 
 def lower_conv2d_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
                        mk: str | None = None) -> LoweredOp:
     """CONV_2D (one group) with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*IC], B [OC, r]) or
     None); the slot tables go to `banks`."""
-    base = lower_conv2d(graph, op)
+    base = lower_conv2d(graph, op, mk=mk)
     if base.kind == "fill":
         return base
     rq, scales, params = conv2d_setup(graph, op)
@@ -235,14 +235,14 @@ def lower_conv2d_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
                                           s, rank, a_off),
                          conv2d_func(*params, rq, pixel_macro=True, mk=mk),
                          slot_deltas_func(s, rank, oc, b_off, m_off))
-    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="conv2d_slots")
+    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="conv2d_slots", idle=base)
 
 
 def lower_depthwise_slots(graph: Graph, op: Op, factors: list, banks: AdapterBanks,
                           mk: str | None = None) -> LoweredOp:
     """DEPTHWISE_CONV_2D with LoRA adapter slots (`factors`: per slot float (A [r, KH*KW*C], B [OC, r]) of the
     full-conv ΔW [OC, KH, KW, C] of PEFT's LoRA on a depthwise Conv2d, or None); the tables go to `banks`."""
-    base = lower_depthwise(graph, op)
+    base = lower_depthwise(graph, op, mk=mk)
     if base.kind == "fill":
         return base
     rq, scales, params = depthwise_setup(graph, op)
@@ -258,7 +258,7 @@ def lower_depthwise_slots(graph: Graph, op: Op, factors: list, banks: AdapterBan
                                           s, rank, a_off),
                          depthwise_func(*params, rq, pixel_macro=True, mk=mk),
                          slot_deltas_func(s, rank, oc, b_off, m_off))
-    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="depthwise_slots")
+    return LoweredOp(op, func, _slot_args(op, rq, oc, s, rank), kind="depthwise_slots", idle=base)
 
 
 SLOT_LOWERINGS = {"FULLY_CONNECTED": lower_fully_connected_slots, "CONV_2D": lower_conv2d_slots,
