@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -298,6 +299,11 @@ def test_conv_slot_kernels(conv_setup) -> None:
     kernels = sorted((r["type"], r["kernel"].rsplit("_", 1)[0]) for r in conv_setup["report"]["ops"]
                      if r["type"] in ("CONV_2D", "FULLY_CONNECTED"))
     assert kernels == [("CONV_2D", "edgec_k_conv2d_slots")] * 2 + [("FULLY_CONNECTED", "edgec_k_fully_connected_slots")]
+    # While no slot is active, each of the three layers calls its plain kernel instead (the base build's code).
+    model_c = (conv_setup["work"] / "slots" / "src" / "model.c").read_text()
+    run = model_c[model_c.index("int edgec_run(void)"):]
+    plain = re.findall(r"if \(edgec_adapters_active_count\(\) == 0u\) \{[^\n]*\n\s+(edgec_k_\w+)\(", run)
+    assert [k.rsplit("_", 1)[0] for k in plain] == ["edgec_k_conv2d"] * 2 + ["edgec_k_fully_connected"]
 
 
 def test_conv_no_adapter_active_is_bitexact_with_the_base_build(conv_setup) -> None:
