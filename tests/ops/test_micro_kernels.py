@@ -90,8 +90,6 @@ def _model(seed: int) -> bytes:
     # Mode 0, one shift for all channels (per-tensor weights): right, zero (multiplier in [0.5, 1)), left.
     add_conv(mb, rng, h=3, w=3, c=8, oc=8, kh=1, kw=1, padding="VALID", per_channel=False, act="RELU",
              y_q=RELU6_Y)
-    # (x scale a power of 2: s_x * s_w is the same in float32 and double; where the two differ, edgec's
-    # per-tensor FC multiplier does not match TFLM's, a separate issue.)
     add_fc(mb, rng, in_shape=(3, 12), oc=8, per_channel=False, mults=[0.7], weights=small(8, 12),
            bias_values=rng.integers(-100, 101, 8), x_q=(0.125, -20))
     add_conv(mb, rng, h=3, w=4, c=6, oc=8, kh=1, kw=1, padding="VALID", per_channel=False, mults=[2.5],
