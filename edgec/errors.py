@@ -8,3 +8,7 @@ class EdgecError(Exception):
     """
 
     exit_code = 2
+
+
+class TargetMemoryError(EdgecError):
+    """The model (its arena, weights or training memory) does not fit the target's RAM or flash."""

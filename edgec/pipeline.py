@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.codegen.project import render_project
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, TargetMemoryError
 from edgec.frontends.tflite_reader import read_tflite
 from edgec.ir.graph import Graph, Tensor
 from edgec.lower import lower_graph
@@ -261,19 +261,19 @@ def build_model(model_path: str | Path, target_name: str, out_dir: str | Path, p
     if npu is not None:
         report["npu"] = npu.summary
     if mem.arena_bytes > target["ram_bytes"]:
-        raise EdgecError(f"{model_path}: the arena needs {mem.arena_bytes} bytes but target {target['name']} has "
+        raise TargetMemoryError(f"{model_path}: the arena needs {mem.arena_bytes} bytes but target {target['name']} has "
                          f"{target['ram_bytes']} bytes of RAM")
     if training is not None:
         report["training"] = training.report()
         need = mem.arena_bytes + report["training"]["memory_bytes"]["total"]
         if need > target["ram_bytes"]:
-            raise EdgecError(f"{model_path}: training needs {need} bytes of RAM (arena {mem.arena_bytes} + training "
+            raise TargetMemoryError(f"{model_path}: training needs {need} bytes of RAM (arena {mem.arena_bytes} + training "
                              f"{report['training']['memory_bytes']['total']}) but target {target['name']} has "
                              f"{target['ram_bytes']}: train fewer layers, a lower rank or B only")
     weights = sum(graph.t(t).nbytes for t in {a.tensor for lo in lowered.ops for a in lo.args
                                                 if a.kind == "tensor" and graph.t(a.tensor).is_const})
     if weights > target["flash_bytes"]:
-        raise EdgecError(f"{model_path}: the weights need {weights} bytes but target {target['name']} has "
+        raise TargetMemoryError(f"{model_path}: the weights need {weights} bytes but target {target['name']} has "
                          f"{target['flash_bytes']} bytes of flash")
     report["build_seconds"] = 0.0
     render_project(lowered, mem, Path(out_dir), model_bytes, Path(model_path).name, target, report, slot_plan=plan,

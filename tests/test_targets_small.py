@@ -245,3 +245,17 @@ int32_t edgec_k_test(const uint8_t *a)
     for values in ([1, 84, 2, 0], [2, 5, 0, 0]):
         with pytest.raises(ToolchainError, match="exit code 91 .firmware fault: HardFault"):
             _run(elf, t, values)
+
+
+def test_bench_reports_models_that_do_not_fit(tmp_path: Path) -> None:
+    """`edgec bench -t cortex-m0plus`: no MLPerf Tiny model fits the M0+ (14 KB RAM, 256 KB flash); each row says
+    which budget it exceeds and the command still writes its table (no adapter/OTA/training rows: they need KWS)."""
+    models = shared_model("tflite/kws_ref_model.tflite").parent
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(main, ["bench", "-t", "cortex-m0plus", "--models", str(models), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["models"]
+    assert [r["model"] for r in rows] == ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
+    assert all("does_not_fit" in r for r in rows)
+    assert "bytes of RAM" in rows[0]["does_not_fit"] and "bytes of flash" in rows[3]["does_not_fit"]
+    assert res.output.count("does not fit: ") == 4 and "rank-4 LoRA" not in res.output

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.cli.verify import random_input_sets_for_model, run_project
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, TargetMemoryError
 from edgec.frontends.peft_writer import synthetic_adapter
 from edgec.frontends.tflite_reader import read_tflite
 from edgec.oracle.tflm import tflm_min_arena
@@ -152,7 +152,12 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
         with tempfile.TemporaryDirectory(prefix="edgec_bench_") as tmp:
             progress(f"{name}: building for {target}")
             start = time.perf_counter()
-            report = build(path, target, Path(tmp) / "project")
+            try:
+                report = build(path, target, Path(tmp) / "project")
+            except TargetMemoryError as e:  # small targets: the row says why, the other models still run
+                progress(f"{name}: does not fit {target}")
+                rows.append({"model": name, "does_not_fit": str(e)})
+                continue
             build_s = time.perf_counter() - start
             progress(f"{name}: running under QEMU")
             inputs = random_input_sets_for_model(path.read_bytes(), 1, seed=0)
@@ -181,6 +186,8 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
             **({"adapter": lora} if lora else {}),
         })
     result = {"target": target, "counting": "guest instructions under QEMU TCG (not cycles)", "models": rows}
+    if "kws_ref_model" not in {r["model"] for r in rows if "does_not_fit" not in r}:
+        adapters = training = False  # the OTA patch and the training measurements use KWS on the target
     if adapters:
         from edgec.targets import load_target
 
@@ -197,10 +204,13 @@ def run_bench(target: str, models_dir: Path | None, progress=print, adapters: bo
 def format_table(result: dict) -> str:
     head = (f"{'model':<24} {'arena B':>9} {'TFLM min B':>11} {'lower bd B':>11} {'flash B':>9} "
             f"{'instr/inference':>16} {'portable':>12} {'TFLM+CMSIS':>11} {'build s':>8}")
-    variants = "/".join(sorted({r["kernels"] for r in result["models"]}))
+    variants = "/".join(sorted({r["kernels"] for r in result["models"] if "kernels" in r}))
     title = f"target {result['target']}" + (f", {variants} kernels" if variants else "")
     lines = [f"{title} ({result['counting']})", head, "-" * len(head)]
     for r in result["models"]:
+        if "does_not_fit" in r:
+            lines.append(f"{r['model']:<24} does not fit: {r['does_not_fit'].split(': ', 1)[-1]}")
+            continue
         cmsis = f"{r['tflm_cmsis_nn_instructions']:,}" if "tflm_cmsis_nn_instructions" in r else "-"
         lines.append(f"{r['model']:<24} {r['arena_bytes']:>9,} {r['tflm_min_arena_bytes']:>11,} "
                      f"{r['arena_lower_bound_bytes']:>11,} {r['flash_bytes']:>9,} "
