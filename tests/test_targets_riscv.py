@@ -234,3 +234,78 @@ def test_esp32c3_cmake_project_cross_builds_and_runs(esp32c3, tmp_path):
                           text=True)
     assert test.returncode == 0, test.stdout[-3000:]
     assert "100% tests passed" in test.stdout
+
+
+LIBM_N = 256
+
+
+def _libm_args() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    special = [0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 1e-45, 1.17549435e-38, 3.4e38, np.pi / 2, np.pi, 2 * np.pi,
+               -2 * np.pi, 0.7853982, 1e-8, 99.5]
+    x = np.concatenate([special, rng.uniform(-7, 7, 80), rng.uniform(-100, 100, 32),
+                        rng.choice([-1, 1], 128) * 10.0 ** rng.uniform(-37, 37, 128)]).astype(np.float32)
+    y = np.concatenate([rng.uniform(-3, 3, 192), rng.uniform(-110, 110, 48), rng.integers(-40, 40, 16)])
+    return x[:LIBM_N], y[:LIBM_N].astype(np.float32)
+
+
+def test_esp32c3_board_math_functions(esp32c3, tmp_path):
+    """The board's own math functions (there is no rv32 libc) under QEMU against numpy in double precision: the
+    float ones (logf, sqrtf, cosf, powf, expf, tanhf: the float kernels and the training runtime) within 1 ulp
+    of the exactly rounded value, the double helpers of the training runtime's quantization (floor, frexp,
+    ldexp) exact."""
+    proj = tmp_path / "libm"
+    (proj / "include").mkdir(parents=True)
+    (proj / "src").mkdir()
+    tests_c = Path(__file__).parent / "c"
+    (proj / "include" / "edgec_model.h").write_text((tests_c / "edgec_model.h").read_text())
+    (proj / "src" / "libm_model.c").write_text((tests_c / "libm" / "libm_model.c").read_text())
+    x, y = _libm_args()
+    outs, _ = run_qemu(build_firmware(proj, esp32c3, tmp_path / "w"), esp32c3, [[np.concatenate([x, y])]],
+                       [((LIBM_N * (6 * 4 + 4 * 8),), np.uint8)], count_instructions=False)
+    raw = outs[0][0]
+    got_f = raw[:LIBM_N * 24].view(np.float32).reshape(LIBM_N, 6)
+    got_d = raw[LIBM_N * 24:].view(np.float64).reshape(LIBM_N, 4)
+    x64, y64, ax = x.astype(np.float64), y.astype(np.float64), np.abs(x.astype(np.float64))
+    with np.errstate(all="ignore"):
+        want_f = np.stack([np.log(ax), np.sqrt(ax), np.cos(x64), np.power(ax, y64), np.exp(y64),
+                           np.tanh(y64)], 1).astype(np.float32)
+        mantissa, exponent = np.frexp(x64)
+        want_d = np.stack([np.floor(x64 * 1000.25), mantissa, exponent,
+                           np.ldexp(x64, y.astype(np.int64))], 1)
+    # cosf reduces |x| <= 1e5 exactly and returns NaN beyond (the training runtime passes [0, 2 pi)).
+    want_f[np.abs(x) > 1e5, 2] = np.nan
+    for j, name in enumerate(["logf", "sqrtf", "cosf", "powf", "expf", "tanhf"]):
+        g, w = got_f[:, j], want_f[:, j]
+        same = (g == w) | (np.isnan(g) & np.isnan(w))
+        with np.errstate(invalid="ignore"):  # inf - inf where both are inf: `same` covers them
+            close = np.abs(g.astype(np.float64) - w) <= np.spacing(np.abs(w)).astype(np.float64)
+        bad = np.flatnonzero(~(same | close))
+        assert not len(bad), f"{name}: x={x[bad[0]]!r} y={y[bad[0]]!r}: board {g[bad[0]]!r}, exact {w[bad[0]]!r}"
+    for j, name in enumerate(["floor", "frexp mantissa", "frexp exponent", "ldexp"]):
+        bad = np.flatnonzero(got_d[:, j] != want_d[:, j])
+        assert not len(bad), f"{name}: x={x[bad[0]]!r}: board {got_d[bad[0], j]!r}, exact {want_d[bad[0], j]!r}"
+
+
+def test_esp32c3_trains_like_the_host(esp32c3, tmp_path):
+    """`edgec build --train` (Adam, DP-SGD noise) links for the esp32c3 with the board's math functions, and two
+    steps under QEMU give the host build's losses, validation loss and promotion (float rounding aside)."""
+    model = shared_model("tflite/kws_ref_model.tflite")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(-128, 128, (16, 1, 49, 10, 1)).astype(np.int8),
+             y=rng.integers(0, 12, 16))
+    runs = {}
+    for on, target in (("qemu", "esp32c3"), ("host", "host")):
+        res = CliRunner().invoke(main, ["build", str(model), "-t", target, "-o", str(tmp_path / on), "--train", "mine",
+                                        "--optimizer", "adam", "--lr", "0.01", "--dp-clip", "1", "--dp-noise", "0.5"])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(main, ["train", str(tmp_path / on), "--data", str(tmp_path / "d.npz"), "--steps",
+                                        "2", "--validate-every", "2", "--on", on, "--json"])
+        assert res.exit_code in (0, 1), res.output
+        runs[on] = json.loads(res.output.strip().splitlines()[-1])
+    qemu, host = runs["qemu"], runs["host"]
+    assert qemu["instructions_per_step"] > 0
+    assert qemu["losses"] == pytest.approx(host["losses"], rel=1e-4)
+    assert qemu["checkpoints"][0]["validation_loss"] == pytest.approx(host["checkpoints"][0]["validation_loss"],
+                                                                      rel=1e-4)
+    assert [c["promoted"] for c in qemu["checkpoints"]] == [c["promoted"] for c in host["checkpoints"]]

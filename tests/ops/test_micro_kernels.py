@@ -417,7 +417,7 @@ def _rq4_project(tmp: Path) -> Path:
     proj = tmp / "rq4"
     (proj / "include").mkdir(parents=True)
     (proj / "src").mkdir()
-    shutil.copy(RQ4_DIR / "edgec_model.h", proj / "include")
+    shutil.copy(RQ4_DIR.parent / "edgec_model.h", proj / "include")
     shutil.copy(RUNTIME_C / "kernels" / "edgec_mve.h", proj / "include")
     shutil.copy(RQ4_DIR / "rq4_model.c", proj / "src")
     return proj

@@ -15,5 +15,13 @@
 
 float expf(float x);
 float tanhf(float x);
+float logf(float x);
+float sqrtf(float x);
+float powf(float x, float y);
+float cosf(float x);
+double fabs(double x);
+double floor(double x);
+double frexp(double x, int *exp);
+double ldexp(double x, int n);
 
 #endif /* EDGEC_BOARD_MATH_H */

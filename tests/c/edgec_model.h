@@ -1,4 +1,4 @@
-/* edgec_model.h for rq4_model.c: the harness's model interface (one input, one output). */
+/* edgec_model.h for the test programs in tests/c/ (rq4, libm): the harness's model interface, one input, one output. */
 #ifndef EDGEC_MODEL_H
 #define EDGEC_MODEL_H
 #include <stddef.h>
