@@ -495,12 +495,9 @@ def test_rq4_cases_cover_edges() -> None:
     assert ((y > mid["lo"]) & (y < mid["hi"])).sum() > 1000
 
 
-@pytest.mark.parametrize("where", ["host", "cortex-m55"])
-def test_rq4_matches_reference(where: str, tmp_path: Path) -> None:
-    """edgec_mve_rq4 lane by lane against the numpy reference: the plain-C path on the host (ASan + UBSan),
-    the Helium path (VQRDMULH, VRSHL) on the Cortex-M55 under QEMU."""
-    cases = _rq4_cases()
-    want, _ = _rq4_reference(cases)
+def _run_rq4(where: str, cases: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """y [n, 4] of edgec_mve_rq4 on `cases`: the plain-C path on the host (ASan + UBSan), the Helium path
+    (VQRDMULH, VRSHL: checked in the firmware) on the Cortex-M55 under QEMU."""
     proj = _rq4_project(tmp_path)
     if where == "host":
         outs = run_host(build_host(proj, tmp_path / "w", extra_cflags=SANITIZE), _rq4_records(cases), RQ4_SPECS)
@@ -511,7 +508,14 @@ def test_rq4_matches_reference(where: str, tmp_path: Path) -> None:
         outs, _ = run_qemu(elf, target, _rq4_records(cases), RQ4_SPECS, count_instructions=False)
     mve, y = _rq4_outputs(outs)
     assert mve == {int(where != "host")}, f"EDGEC_MVE = {mve}"
-    _check_rq4(y, cases, want, where)
+    return y
+
+
+@pytest.mark.parametrize("where", ["host", "cortex-m55"])
+def test_rq4_matches_reference(where: str, tmp_path: Path) -> None:
+    """edgec_mve_rq4 lane by lane against the numpy reference."""
+    cases = _rq4_cases()
+    _check_rq4(_run_rq4(where, cases, tmp_path), cases, _rq4_reference(cases)[0], where)
 
 
 @pytest.mark.parametrize("where", ["host", "cortex-m55"])
@@ -519,12 +523,4 @@ def test_rq4_output_offset_overflow(where: str, tmp_path: Path) -> None:
     """A requantized value within |yzp| of the int32 limits: the sum with yzp wraps, as TFLite's int32 sum does
     on the targets (VADD on the M55; the plain-C path adds through uint32, clean under UBSan)."""
     cases = _rq4_overflow_cases()
-    want, _ = _rq4_reference(cases)
-    proj = _rq4_project(tmp_path)
-    if where == "host":
-        outs = run_host(build_host(proj, tmp_path / "w", extra_cflags=SANITIZE), _rq4_records(cases), RQ4_SPECS)
-    else:
-        target = require_target(where)
-        outs, _ = run_qemu(build_firmware(proj, target, tmp_path / "w"), target, _rq4_records(cases), RQ4_SPECS,
-                           count_instructions=False)
-    _check_rq4(_rq4_outputs(outs)[1], cases, want, where)
+    _check_rq4(_run_rq4(where, cases, tmp_path), cases, _rq4_reference(cases)[0], where)
