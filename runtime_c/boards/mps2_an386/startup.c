@@ -1,118 +1,25 @@
 /*
- * startup.c - reset and fault handling for QEMU mps2-an386 (Cortex-M4F).
+ * startup.c - reset and fault handling for QEMU mps2-an386 (Cortex-M4F); also cortex-m7 on mps2-an500, the
+ * same memory map. The exception side (fault stubs, vector table, message) is edgec_cortex_m.h's.
  *
- * Reset: enable the FPU, arm the stack guard, copy .data from flash, zero .bss, run main(),
- * exit via semihosting.
- * Faults: exit QEMU with a distinct code (enum edgec_exit_code) and a one-line message
- * instead of hanging until the timeout.
+ * Reset: enable the FPU, arm the stack guard, copy .data from flash, zero .bss, run main(), exit via
+ * semihosting.
  *
  * Stack guard: the stack sits at the bottom of RAM, but QEMU maps the space below RAM as
- * read-as-zero/write-ignored, so an overflow alone would not fault. An MPU region with no
- * access over the lowest 32 bytes of the stack makes the first overflowing push fault.
+ * read-as-zero/write-ignored, so an overflow alone would not fault: the PMSAv7 MPU guard region makes the
+ * first overflowing push fault.
  */
-#include <stdint.h>
-
-#include "edgec_semihost.h"
-
-void edgec_reset_handler(void);
-void edgec_fault_exit(int code);
-
-/* Linker-script symbols (link.ld); only their addresses are meaningful. */
-extern uint32_t __edgec_stack_bottom[], __edgec_stack_top[];
-
-#define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
-#define SCB_CFSR (*(volatile uint32_t *)0xE000ED28u)
-#define SCB_HFSR (*(volatile uint32_t *)0xE000ED2Cu)
-#define SCB_MMFAR (*(volatile uint32_t *)0xE000ED34u)
-#define MPU_TYPE (*(volatile uint32_t *)0xE000ED90u)
-#define MPU_CTRL (*(volatile uint32_t *)0xE000ED94u)
-#define MPU_RNR (*(volatile uint32_t *)0xE000ED98u)
-#define MPU_RBAR (*(volatile uint32_t *)0xE000ED9Cu)
-#define MPU_RASR (*(volatile uint32_t *)0xE000EDA0u)
-#define STACK_GUARD_BYTES 32u /* smallest PMSAv7 region */
-
-static void stack_guard_enable(void)
-{
-    if (((MPU_TYPE >> 8) & 0xFFu) == 0) {
-        return; /* no MPU */
-    }
-    MPU_RNR = 0;
-    MPU_RBAR = (uint32_t)(uintptr_t)__edgec_stack_bottom; /* RAM origin: aligned to the size */
-    /* XN, AP = no access, SIZE = log2(32) - 1, enable. */
-    MPU_RASR = (1u << 28) | (0u << 24) | (4u << 1) | 1u;
-    /* PRIVDEFENA: the default memory map still applies everywhere else. */
-    MPU_CTRL = (1u << 2) | 1u;
-    __asm__ volatile("dsb\n\tisb" ::: "memory");
-}
+#include "edgec_cortex_m.h"
 
 void edgec_reset_handler(void)
 {
-#if defined(__ARM_FP) || defined(__ARM_FEATURE_MVE)
-    /* Full access to CP10/CP11 before any floating-point instruction runs. */
-    SCB_CPACR |= 0xFu << 20;
-    __asm__ volatile("dsb\n\tisb" ::: "memory");
-#endif
-    stack_guard_enable();
+    edgec_fpu_enable();
+    edgec_mpu_stack_guard();
     edgec_firmware_start();
 }
 
 /* Called by the fault stubs on a fresh stack. */
 void edgec_fault_exit(int code)
 {
-    static const char *const names[] = {"NMI", "HardFault", "MemManage", "BusFault", "UsageFault",
-                                        "unexpected interrupt", "stack overflow"};
-    uint32_t cfsr = SCB_CFSR;
-    uint32_t guard = (uint32_t)(uintptr_t)__edgec_stack_bottom;
-    /* MemManage stacking error, or a data access violation inside the guard region. */
-    if ((cfsr & 0x10u) != 0 ||
-        ((cfsr & 0x82u) == 0x82u && SCB_MMFAR - guard < STACK_GUARD_BYTES)) {
-        code = EDGEC_EXIT_STACK_OVERFLOW;
-    }
-    edgec_semihost_write0("edgec firmware fault: ");
-    edgec_semihost_write0(names[code - EDGEC_EXIT_NMI]);
-    edgec_semihost_write_hex(" CFSR=", SCB_CFSR);
-    edgec_semihost_write_hex(" HFSR=", SCB_HFSR);
-    edgec_semihost_write0("\n");
-    edgec_semihost_exit(code);
+    edgec_fault_report(edgec_mpu_guard_hit(SCB_CFSR) ? EDGEC_EXIT_STACK_OVERFLOW : code, NULL, 0);
 }
-
-/* A fault may come from a stack overflow, so SP can point at unmapped memory: reset SP to the
- * top of the stack in asm before running any C code (which might push). */
-#define EDGEC_FAULT_STUB(name, code)                                                               \
-    __attribute__((naked)) static void name(void)                                                  \
-    {                                                                                              \
-        __asm__ volatile("ldr r0, =__edgec_stack_top\n\t"                                          \
-                         "mov sp, r0\n\t"                                                          \
-                         "movs r0, %0\n\t"                                                         \
-                         "b edgec_fault_exit" ::"i"(code));                                        \
-    }
-
-EDGEC_FAULT_STUB(nmi_handler, EDGEC_EXIT_NMI)
-EDGEC_FAULT_STUB(hardfault_handler, EDGEC_EXIT_HARDFAULT)
-EDGEC_FAULT_STUB(memmanage_handler, EDGEC_EXIT_MEMMANAGE)
-EDGEC_FAULT_STUB(busfault_handler, EDGEC_EXIT_BUSFAULT)
-EDGEC_FAULT_STUB(usagefault_handler, EDGEC_EXIT_USAGEFAULT)
-EDGEC_FAULT_STUB(default_handler, EDGEC_EXIT_UNEXPECTED_IRQ)
-
-/* External interrupts are never enabled; 32 entries make a stray one exit cleanly. */
-#define EDGEC_X4(h) h, h, h, h
-#define EDGEC_X32(h) EDGEC_X4(h), EDGEC_X4(h), EDGEC_X4(h), EDGEC_X4(h), \
-                     EDGEC_X4(h), EDGEC_X4(h), EDGEC_X4(h), EDGEC_X4(h)
-
-/* Vector table: initial SP, then handlers. Placed at 0x0 by link.ld (.edgec_vectors). */
-__attribute__((section(".edgec_vectors"), used)) static const uintptr_t vectors[16 + 32] = {
-    (uintptr_t)__edgec_stack_top,
-    (uintptr_t)edgec_reset_handler,
-    (uintptr_t)nmi_handler,
-    (uintptr_t)hardfault_handler,
-    (uintptr_t)memmanage_handler,
-    (uintptr_t)busfault_handler,
-    (uintptr_t)usagefault_handler,
-    0, 0, 0, 0,                        /* reserved */
-    (uintptr_t)default_handler,        /* SVCall */
-    (uintptr_t)default_handler,        /* DebugMonitor */
-    0,                                 /* reserved */
-    (uintptr_t)default_handler,        /* PendSV */
-    (uintptr_t)default_handler,        /* SysTick */
-    EDGEC_X32((uintptr_t)default_handler),
-};
