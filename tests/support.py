@@ -26,6 +26,27 @@ def shared_model(rel: str) -> Path:
     return path
 
 
+def fc_model(k: int, n: int, extra_op: str | None = None) -> bytes:
+    """An int8 FULLY_CONNECTED model, K inputs -> N outputs (random weights: K * N bytes of flash), with an
+    optional one-input op `extra_op` after it."""
+    from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
+
+    rng = np.random.default_rng(0)
+    tensors = [
+        WTensor("x", (1, k), "int8", scale=[0.05], zero_point=[3]),
+        WTensor("w", (n, k), "int8", rng.integers(-127, 128, (n, k)).astype(np.int8), scale=[0.01], zero_point=[0]),
+        WTensor("b", (n,), "int32", np.zeros(n, np.int32), scale=[0.0005], zero_point=[0]),
+        WTensor("y", (1, n), "int8", scale=[0.1], zero_point=[-5]),
+    ]
+    ops = [WOp("FULLY_CONNECTED", [0, 1, 2], [3], {})]
+    outputs = [3]
+    if extra_op:
+        tensors.append(WTensor("z", (1, n), "int8", scale=[0.1], zero_point=[-5]))
+        ops.append(WOp(extra_op, [3], [4], {}))
+        outputs = [4]
+    return write_tflite(tensors, ops, [0], outputs)
+
+
 def random_inputs(model: bytes, n: int, seed: int = 0) -> list[list[np.ndarray]]:
     """`n` input sets, as `edgec verify` draws them (full integer range; N(0, 2) for floats)."""
     return random_input_sets_for_model(model, n, seed)

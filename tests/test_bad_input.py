@@ -6,7 +6,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -16,24 +15,7 @@ from edgec.cli.main import main
 from edgec.errors import EdgecError
 from edgec.frontends.tflite_reader import parse_tflite
 from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
-from support import shared_model
-
-
-def _fc_model(k: int, n: int, extra_op: str | None = None) -> bytes:
-    rng = np.random.default_rng(0)
-    tensors = [
-        WTensor("x", (1, k), "int8", scale=[0.05], zero_point=[3]),
-        WTensor("w", (n, k), "int8", rng.integers(-127, 128, (n, k)).astype(np.int8), scale=[0.01], zero_point=[0]),
-        WTensor("b", (n,), "int32", np.zeros(n, np.int32), scale=[0.0005], zero_point=[0]),
-        WTensor("y", (1, n), "int8", scale=[0.1], zero_point=[-5]),
-    ]
-    ops = [WOp("FULLY_CONNECTED", [0, 1, 2], [3], {})]
-    outputs = [3]
-    if extra_op:
-        tensors.append(WTensor("z", (1, n), "int8", scale=[0.1], zero_point=[-5]))
-        ops.append(WOp(extra_op, [3], [4], {}))
-        outputs = [4]
-    return write_tflite(tensors, ops, [0], outputs)
+from support import fc_model, shared_model
 
 
 def _build(tmp_path: Path, model: bytes, target: str = "host", name: str = "m.tflite"):
@@ -60,7 +42,7 @@ def test_truncated_file(tmp_path):
 
 @pytest.mark.parametrize("cut", [0, 3, 8, 64, 500])
 def test_truncated_small_model(tmp_path, cut):
-    result, out = _build(tmp_path, _fc_model(8, 4)[:cut])
+    result, out = _build(tmp_path, fc_model(8, 4)[:cut])
     _assert_clean_failure(tmp_path, result, out, "m.tflite")
 
 
@@ -70,13 +52,13 @@ def test_random_bytes(tmp_path):
 
 
 def test_unsupported_op(tmp_path):
-    result, out = _build(tmp_path, _fc_model(8, 4, extra_op="FLOOR"))
+    result, out = _build(tmp_path, fc_model(8, 4, extra_op="FLOOR"))
     _assert_clean_failure(tmp_path, result, out, "op #1 FLOOR", "not supported", "CONV_2D")
 
 
 def test_model_larger_than_flash(tmp_path):
     # 4,300,800 bytes of weights: more than the 4 MB flash of the cortex-m4 (mps2-an386) target.
-    result, out = _build(tmp_path, _fc_model(2100, 2048), target="cortex-m4")
+    result, out = _build(tmp_path, fc_model(2100, 2048), target="cortex-m4")
     _assert_clean_failure(tmp_path, result, out, "flash", "4194304")
 
 
@@ -91,7 +73,7 @@ def test_model_larger_than_ram(tmp_path):
 
 
 def test_unknown_target_and_missing_file(tmp_path):
-    result, out = _build(tmp_path, _fc_model(8, 4), target="z80")
+    result, out = _build(tmp_path, fc_model(8, 4), target="z80")
     _assert_clean_failure(tmp_path, result, out, "unknown target 'z80'", "cortex-m4")
     result = CliRunner().invoke(main, ["build", str(tmp_path / "nope.tflite"), "--target", "host", "-o",
                                        str(tmp_path / "o2")])
@@ -99,7 +81,7 @@ def test_unknown_target_and_missing_file(tmp_path):
 
 
 def test_failed_build_keeps_previous_output(tmp_path):
-    result, out = _build(tmp_path, _fc_model(8, 4))
+    result, out = _build(tmp_path, fc_model(8, 4))
     assert result.exit_code == 0, result.output
     before = (out / "edgec-report.json").read_text()
     bad, _ = _build(tmp_path, b"garbage" * 10, name="bad.tflite")
@@ -109,7 +91,7 @@ def test_failed_build_keeps_previous_output(tmp_path):
 
 def test_build_json_report(tmp_path):
     path = tmp_path / "m.tflite"
-    path.write_bytes(_fc_model(8, 4))
+    path.write_bytes(fc_model(8, 4))
     result = CliRunner().invoke(main, ["build", str(path), "--target", "host", "-o", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -123,7 +105,7 @@ def test_build_json_report(tmp_path):
 @given(st.data())
 def test_reader_fuzz_never_crashes(data):
     """Mutated and truncated models either parse or raise EdgecError; nothing else escapes."""
-    model = bytearray(_fc_model(8, 4, extra_op="RELU"))
+    model = bytearray(fc_model(8, 4, extra_op="RELU"))
     for _ in range(data.draw(st.integers(1, 8))):
         pos = data.draw(st.integers(0, len(model) - 1))
         model[pos] = data.draw(st.integers(0, 255))

@@ -19,7 +19,7 @@ from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.targets import load_target
 from edgec.toolchain import runner
 from edgec.toolchain.runner import RUNTIME_C, ToolchainError
-from support import require_target, shared_model
+from support import fc_model, require_target, shared_model
 
 ARM_TARGETS = {"cortex-m7": "mps2-an500", "cortex-m33": "mps2-an505", "cortex-m55": "mps3-an547"}
 
@@ -90,15 +90,7 @@ def _assert_refused(tmp_path: Path, model: bytes, target: str, *needles: str) ->
 def test_too_large_for_m55_refused(tmp_path):
     # The M55 board has 512 KB of code memory and 512 KB of RAM (the shared models all fit, so these are
     # made to measure). 600,000 bytes of FULLY_CONNECTED weights:
-    k, n = 1000, 600
-    rng = np.random.default_rng(0)
-    tensors = [
-        WTensor("x", (1, k), "int8", scale=[0.05], zero_point=[3]),
-        WTensor("w", (n, k), "int8", rng.integers(-127, 128, (n, k)).astype(np.int8), scale=[0.01], zero_point=[0]),
-        WTensor("b", (n,), "int32", np.zeros(n, np.int32), scale=[0.0005], zero_point=[0]),
-        WTensor("y", (1, n), "int8", scale=[0.1], zero_point=[-5]),
-    ]
-    fc = write_tflite(tensors, [WOp("FULLY_CONNECTED", [0, 1, 2], [3], {})], [0], [3])
+    fc = fc_model(1000, 600)
     _assert_refused(tmp_path, fc, "cortex-m55",
                     "the weights need 600000 bytes but target cortex-m55 has 524288 bytes of flash")
     # A 600,000-byte activation:

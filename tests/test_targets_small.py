@@ -21,7 +21,7 @@ from edgec.frontends.tflite_writer import WOp, WTensor, write_tflite
 from edgec.targets import load_target
 from edgec.toolchain import runner
 from edgec.toolchain.runner import RUNTIME_C, ToolchainError
-from support import require_target, shared_model
+from support import fc_model, require_target, shared_model
 
 SMALL_TARGETS = {"cortex-m0plus": ("microbit", "microbit"), "stm32f405": ("netduinoplus2", "netduinoplus2")}
 
@@ -86,16 +86,8 @@ def test_too_large_for_m0plus_refused(tmp_path, name, message):
 def test_too_large_for_stm32f405_refused(tmp_path):
     # All shared models fit the F405, so these are made to measure: 1,100,000 bytes of weights, then a
     # 130,000-byte activation (more than the 120 KB of SRAM left beside the stack).
-    k, n = 1000, 1100
-    rng = np.random.default_rng(0)
-    tensors = [
-        WTensor("x", (1, k), "int8", scale=[0.05], zero_point=[3]),
-        WTensor("w", (n, k), "int8", rng.integers(-127, 128, (n, k)).astype(np.int8), scale=[0.01], zero_point=[0]),
-        WTensor("b", (n,), "int32", np.zeros(n, np.int32), scale=[0.0005], zero_point=[0]),
-        WTensor("y", (1, n), "int8", scale=[0.1], zero_point=[-5]),
-    ]
     path = tmp_path / "fc.tflite"
-    path.write_bytes(write_tflite(tensors, [WOp("FULLY_CONNECTED", [0, 1, 2], [3], {})], [0], [3]))
+    path.write_bytes(fc_model(1000, 1100))
     result, out = _build_cli(tmp_path, path, "stm32f405")
     assert result.exit_code == 2, result.output
     assert re.search(r"the weights need 11\d{5} bytes but target stm32f405 has 1048576 bytes of flash", result.output)
@@ -110,18 +102,6 @@ def test_too_large_for_stm32f405_refused(tmp_path):
     assert not out.exists()
 
 
-def _fc_model(n_out: int, n_in: int = 1000) -> bytes:
-    rng = np.random.default_rng(1)
-    tensors = [
-        WTensor("x", (1, n_in), "int8", scale=[0.05], zero_point=[3]),
-        WTensor("w", (n_out, n_in), "int8", rng.integers(-127, 128, (n_out, n_in)).astype(np.int8), scale=[0.01],
-                zero_point=[0]),
-        WTensor("b", (n_out,), "int32", np.zeros(n_out, np.int32), scale=[0.0005], zero_point=[0]),
-        WTensor("y", (1, n_out), "int8", scale=[0.1], zero_point=[-5]),
-    ]
-    return write_tflite(tensors, [WOp("FULLY_CONNECTED", [0, 1, 2], [3], {})], [0], [3])
-
-
 def test_m0plus_linker_holds_the_real_sizes(tmp_path, monkeypatch):
     # The build's check compares only the arena with ram_bytes and the weights with flash_bytes; the code,
     # the rest of .data/.bss and the stack must fit too, and the linker script checks them against the chip.
@@ -130,7 +110,7 @@ def test_m0plus_linker_holds_the_real_sizes(tmp_path, monkeypatch):
 
     # 258,000 bytes of weights pass the build's check (<= 262,144) but not with the code beside them.
     path = tmp_path / "fc.tflite"
-    path.write_bytes(_fc_model(258))
+    path.write_bytes(fc_model(1000, 258))
     build(path, "cortex-m0plus", tmp_path / "flash")
     with pytest.raises(ToolchainError, match="region `FLASH' overflowed"):
         runner.build_firmware(tmp_path / "flash", t, tmp_path / "fw_flash")
